@@ -1,0 +1,105 @@
+/*
+ * The Store interface: where records live. Every operation is one statement
+ * (one round trip). Lock times are the database's now(), never the caller's
+ * clock. An implementation embeds outbox_store_t as its first member and
+ * writes a one-line reason into err when an operation fails.
+ */
+#ifndef OUTBOX_STORE_H
+#define OUTBOX_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "outbox/outbox.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum outbox_mark_kind {
+    OUTBOX_MARK_DELIVERED = 0, /* state DELIVERED, processed_on = now(), lock cleared */
+    OUTBOX_MARK_RETRY,         /* stays PENDING, lock cleared, next_attempt_at = now()+delay */
+    OUTBOX_MARK_DEAD,          /* state MAX_ATTEMPTS_REACHED, processed_on = now() */
+    OUTBOX_MARK_RELEASE        /* lock cleared, nothing else changes */
+} outbox_mark_kind_t;
+
+typedef struct outbox_mark {
+    const char *id; /* borrowed */
+    outbox_mark_kind_t kind;
+    int32_t charge;         /* added to attempts (and last_attempt_on = now() if > 0) */
+    int64_t retry_delay_ms; /* RETRY only */
+    const char *error;      /* RETRY/DEAD: stored in last_error; NULL keeps it */
+} outbox_mark_t;
+
+typedef struct outbox_store outbox_store_t;
+
+typedef struct outbox_store_ops {
+    /* Lock and return up to limit PENDING, unlocked, due (next_attempt_at <=
+     * now()) records, oldest seq first, setting locked_by = lock_id and
+     * locked_on = now(). Never more than limit whatever the plan. Resets
+     * and fills out. */
+    int (*claim)(outbox_store_t *s, const char *lock_id, int limit, outbox_batch_t *out);
+    /* Records currently locked by lock_id (any state), oldest first. */
+    int (*get_by_lock_id)(outbox_store_t *s, const char *lock_id, outbox_batch_t *out);
+    /* Apply n marks in one statement. DELIVERED applies to a PENDING row
+     * whoever holds it (the publish was acknowledged); the other kinds only
+     * where locked_by = lock_id still holds. *updated = rows changed. */
+    int (*mark)(outbox_store_t *s, const char *lock_id, const outbox_mark_t *marks, size_t n,
+                int64_t *updated);
+    /* Clear locks whose locked_on is older than now() - max_lock_ms. */
+    int (*clear_stale_locks)(outbox_store_t *s, int64_t max_lock_ms, int64_t *released);
+    /* Clear every lock held by lock_id (filters on locked_by). */
+    int (*clear_locks_by_lock_id)(outbox_store_t *s, const char *lock_id, int64_t *released);
+    /* Delete at most limit rows: DELIVERED ones processed before now() -
+     * retention_ms, and dead ones before now() - dead_retention_ms. A
+     * negative retention keeps that kind forever. Never a PENDING row. */
+    int (*purge)(outbox_store_t *s, int64_t retention_ms, int64_t dead_retention_ms, int limit,
+                 int64_t *deleted);
+    void (*destroy)(outbox_store_t *s);
+} outbox_store_ops_t;
+
+struct outbox_store {
+    const outbox_store_ops_t *ops;
+    char err[512]; /* last failure, one line */
+};
+
+/* Convenience wrappers: s->ops->x(s, ...). */
+int outbox_store_claim(outbox_store_t *s, const char *lock_id, int limit, outbox_batch_t *out);
+int outbox_store_get_by_lock_id(outbox_store_t *s, const char *lock_id, outbox_batch_t *out);
+int outbox_store_mark(outbox_store_t *s, const char *lock_id, const outbox_mark_t *marks,
+                      size_t n, int64_t *updated);
+int outbox_store_clear_stale_locks(outbox_store_t *s, int64_t max_lock_ms, int64_t *released);
+int outbox_store_clear_locks_by_lock_id(outbox_store_t *s, const char *lock_id,
+                                        int64_t *released);
+int outbox_store_purge(outbox_store_t *s, int64_t retention_ms, int64_t dead_retention_ms,
+                       int limit, int64_t *deleted);
+void outbox_store_destroy(outbox_store_t *s); /* NULL ok */
+
+/* ---- PostgreSQL implementation (libpq) ---- */
+
+typedef struct outbox_pg_options {
+    const char *conninfo; /* libpq conninfo or URI; borrowed */
+    const char *schema;   /* NULL = "public" */
+    const char *table;    /* NULL = "outbox" */
+    int statement_timeout_ms; /* 0 = server default */
+} outbox_pg_options_t;
+
+/* Connect and check the schema version. The store reconnects by itself on
+ * the next call after a lost connection. Errors: OUTBOX_ERR_UNREACHABLE,
+ * OUTBOX_ERR_SCHEMA (not migrated), OUTBOX_ERR_CONFIG (bad conninfo/names),
+ * OUTBOX_ERR_NOMEM; err (errlen bytes) gets the reason, never a password. */
+int outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt, char *err,
+                           size_t errlen);
+
+/* Install or upgrade the schema to OUTBOX_SCHEMA_VERSION, idempotent and safe
+ * to run concurrently (advisory lock). from and to report the versions. */
+int outbox_pg_migrate(const outbox_pg_options_t *opt, int *from, int *to, char *err,
+                      size_t errlen);
+
+/* Quote an identifier for SQL ("a""b"); returns NULL on NOMEM; caller frees. */
+char *outbox_pg_quote_ident(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,2 @@
+# One line per test executable.
+outbox_unit_test(test_dispatcher)
