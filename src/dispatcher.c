@@ -1,1 +1,445 @@
-/* placeholder: being written */
+/*
+ * The dispatcher: claim -> publish -> mark over the Store and Broker
+ * interfaces, plus the lock-check and cleanup jobs. Pure logic: no system
+ * calls, no globals, time comes from the caller.
+ * Invariants: every claimed record gets exactly one mark; a record whose
+ * publish was acknowledged is only ever marked DELIVERED; an unreachable
+ * broker charges no attempt; a batch whose marks failed is kept and its
+ * marks re-applied before anything new is claimed.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "outbox/dispatcher.h"
+
+#define LOCK_ID_MAX 128
+#define ERR_BACKOFF_MIN_MS 100
+#define ERR_BACKOFF_MAX_MS 10000
+#define CLEANUP_AGAIN_MS 100 /* pause between retention batches while more is due */
+
+struct outbox_dispatcher {
+    outbox_store_t *store;
+    outbox_broker_t *broker;
+    outbox_dispatcher_settings_t s;
+    char lock_id[LOCK_ID_MAX];
+    uint64_t rng;
+
+    bool run_process, run_lock_check, run_cleanup;
+    bool started;
+    bool more;     /* the last claim was a full batch */
+    bool unmarked; /* batch/res/marks hold marks not yet applied */
+    int64_t next_process, next_lock_check, next_cleanup;
+    int errors; /* consecutive failed process passes, for backoff */
+
+    outbox_batch_t batch;
+    outbox_pub_result_t *res;
+    outbox_mark_t *marks;
+    char (*reasons)[sizeof(((outbox_pub_result_t *)0)->error) + 32];
+    size_t cap;
+
+    outbox_dispatcher_counters_t c;
+    char err[512];
+};
+
+void
+outbox_dispatcher_settings_default(outbox_dispatcher_settings_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    s->process_interval_ms = 1000;
+    s->lock_check_interval_ms = 60 * 1000;
+    s->max_lock_time_ms = 5 * 60 * 1000;
+    s->cleanup_interval_ms = 60 * 60 * 1000;
+    s->retention_ms = 24LL * 3600 * 1000;
+    s->dead_retention_ms = 30LL * 24 * 3600 * 1000;
+    s->batch_size = 500;
+    s->cleanup_batch = 10000;
+    s->retry.max_attempts = 10;
+    s->retry.initial_ms = 1000;
+    s->retry.multiplier = 2.0;
+    s->retry.max_ms = 5 * 60 * 1000;
+    s->retry.jitter = 0.2;
+}
+
+#define CHECK(cond, ...)                                                                       \
+    do {                                                                                       \
+        if (!(cond)) {                                                                         \
+            snprintf(err, errlen, __VA_ARGS__);                                                \
+            return OUTBOX_ERR_CONFIG;                                                          \
+        }                                                                                      \
+    } while (0)
+
+int
+outbox_dispatcher_settings_validate(const outbox_dispatcher_settings_t *s, char *err,
+                                    size_t errlen)
+{
+    CHECK(s->process_interval_ms > 0, "process_interval must be greater than zero");
+    CHECK(s->lock_check_interval_ms > 0, "lock_check_interval must be greater than zero");
+    CHECK(s->max_lock_time_ms > 0, "max_lock_time must be greater than zero");
+    CHECK(s->cleanup_interval_ms > 0, "cleanup_interval must be greater than zero");
+    CHECK(s->batch_size >= 1 && s->batch_size <= 10000,
+          "batch_size must be between 1 and 10000 (got %d)", (int)s->batch_size);
+    CHECK(s->cleanup_batch >= 1 && s->cleanup_batch <= 1000000,
+          "cleanup_batch must be between 1 and 1000000 (got %d)", (int)s->cleanup_batch);
+    CHECK(s->retention_ms < 0 || s->retention_ms >= s->max_lock_time_ms,
+          "retention (%lld ms) is shorter than max_lock_time (%lld ms)",
+          (long long)s->retention_ms, (long long)s->max_lock_time_ms);
+    CHECK(s->dead_retention_ms < 0 || s->dead_retention_ms >= s->max_lock_time_ms,
+          "dead_retention (%lld ms) is shorter than max_lock_time (%lld ms)",
+          (long long)s->dead_retention_ms, (long long)s->max_lock_time_ms);
+    CHECK(s->retry.max_attempts >= 0, "max_attempts must be 0 (unlimited) or more");
+    CHECK(s->retry.initial_ms > 0, "retry_initial must be greater than zero");
+    CHECK(s->retry.multiplier >= 1.0 && s->retry.multiplier <= 100.0,
+          "retry_multiplier must be between 1 and 100");
+    CHECK(s->retry.max_ms >= s->retry.initial_ms, "retry_max must be at least retry_initial");
+    CHECK(s->retry.jitter >= 0.0 && s->retry.jitter <= 1.0,
+          "retry_jitter must be between 0 and 1");
+    return OUTBOX_OK;
+}
+
+int
+outbox_dispatcher_create(outbox_dispatcher_t **out, outbox_store_t *store,
+                         outbox_broker_t *broker, const outbox_dispatcher_settings_t *s,
+                         const char *lock_id, uint64_t seed, char *err, size_t errlen)
+{
+    outbox_dispatcher_t *d;
+    int rc;
+
+    if ((rc = outbox_dispatcher_settings_validate(s, err, errlen)) != OUTBOX_OK)
+        return rc;
+    if (lock_id == NULL || lock_id[0] == '\0' || strlen(lock_id) >= LOCK_ID_MAX) {
+        snprintf(err, errlen, "lock id must be 1 to %d characters", LOCK_ID_MAX - 1);
+        return OUTBOX_ERR_CONFIG;
+    }
+    d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        goto nomem;
+    d->cap = (size_t)s->batch_size;
+    d->res = calloc(d->cap, sizeof(*d->res));
+    d->marks = calloc(d->cap, sizeof(*d->marks));
+    d->reasons = calloc(d->cap, sizeof(*d->reasons));
+    if (d->res == NULL || d->marks == NULL || d->reasons == NULL)
+        goto nomem;
+    d->store = store;
+    d->broker = broker;
+    d->s = *s;
+    snprintf(d->lock_id, sizeof(d->lock_id), "%s", lock_id);
+    d->rng = seed ? seed : 0x9e3779b97f4a7c15ULL;
+    d->run_process = d->run_lock_check = d->run_cleanup = true;
+    outbox_batch_init(&d->batch);
+    *out = d;
+    return OUTBOX_OK;
+nomem:
+    outbox_dispatcher_destroy(d);
+    snprintf(err, errlen, "out of memory creating the dispatcher");
+    return OUTBOX_ERR_NOMEM;
+}
+
+void
+outbox_dispatcher_destroy(outbox_dispatcher_t *d)
+{
+    if (d == NULL)
+        return;
+    outbox_batch_free(&d->batch);
+    free(d->res);
+    free(d->marks);
+    free(d->reasons);
+    free(d);
+}
+
+void
+outbox_dispatcher_set_jobs(outbox_dispatcher_t *d, bool process, bool lock_check, bool cleanup)
+{
+    d->run_process = process;
+    d->run_lock_check = lock_check;
+    d->run_cleanup = cleanup;
+}
+
+int64_t
+outbox_retry_delay_ms(const outbox_retry_policy_t *p, int32_t attempt)
+{
+    double delay;
+
+    if (attempt < 1)
+        attempt = 1;
+    delay = (double)p->initial_ms * pow(p->multiplier, (double)(attempt - 1));
+    if (!isfinite(delay) || delay > (double)p->max_ms)
+        return p->max_ms;
+    return (int64_t)delay;
+}
+
+/* xorshift64*: jitter only, no need for more. */
+static double
+rand01(outbox_dispatcher_t *d)
+{
+    d->rng ^= d->rng >> 12;
+    d->rng ^= d->rng << 25;
+    d->rng ^= d->rng >> 27;
+    return (double)((d->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+}
+
+static void
+fail(outbox_dispatcher_t *d, const char *what, const char *why)
+{
+    snprintf(d->err, sizeof(d->err), "%s: %s", what, why[0] ? why : "failed");
+}
+
+/* Decide each record's mark from its publish result. */
+static void
+build_marks(outbox_dispatcher_t *d)
+{
+    const outbox_retry_policy_t *p = &d->s.retry;
+    size_t i;
+
+    for (i = 0; i < d->batch.n; i++) {
+        const outbox_record_t *r = &d->batch.recs[i];
+        const outbox_pub_result_t *res = &d->res[i];
+        outbox_mark_t *m = &d->marks[i];
+        int32_t attempts = r->attempts + 1;
+
+        memset(m, 0, sizeof(*m));
+        m->id = r->id;
+        switch (res->status) {
+        case OUTBOX_PUB_OK:
+            m->kind = OUTBOX_MARK_DELIVERED;
+            d->c.delivered++;
+            d->c.duplicates += res->duplicate;
+            d->c.bytes += r->msg.body_len;
+            break;
+        case OUTBOX_PUB_NOT_SENT:
+            m->kind = OUTBOX_MARK_RELEASE;
+            d->c.released++;
+            break;
+        case OUTBOX_PUB_PERMANENT:
+            m->kind = OUTBOX_MARK_DEAD;
+            m->charge = 1;
+            m->error = res->error[0] ? res->error : "permanent publish failure";
+            d->c.failed++;
+            d->c.dead++;
+            break;
+        case OUTBOX_PUB_TRANSIENT:
+        default:
+            m->charge = 1;
+            d->c.failed++;
+            /* >=, not ==: a cap lowered below a record's attempts still stops it */
+            if (p->max_attempts > 0 && attempts >= p->max_attempts) {
+                m->kind = OUTBOX_MARK_DEAD;
+                snprintf(d->reasons[i], sizeof(d->reasons[i]), "max attempts (%d) reached: %s",
+                         (int)p->max_attempts, res->error[0] ? res->error : "publish failed");
+                m->error = d->reasons[i];
+                d->c.dead++;
+            } else {
+                int64_t delay = outbox_retry_delay_ms(p, attempts);
+
+                m->kind = OUTBOX_MARK_RETRY;
+                m->retry_delay_ms = delay - (int64_t)((double)delay * p->jitter * rand01(d));
+                m->error = res->error[0] ? res->error : "publish failed";
+                d->c.retried++;
+            }
+            break;
+        }
+    }
+}
+
+static int
+apply_marks(outbox_dispatcher_t *d)
+{
+    int rc = outbox_store_mark(d->store, d->lock_id, d->marks, d->batch.n, NULL);
+
+    if (rc != OUTBOX_OK) {
+        d->c.db_errors++;
+        d->unmarked = true;
+        fail(d, "marking a batch failed (kept, will retry)", d->store->err);
+        return rc;
+    }
+    d->unmarked = false;
+    outbox_batch_reset(&d->batch);
+    return OUTBOX_OK;
+}
+
+int
+outbox_dispatcher_process(outbox_dispatcher_t *d, size_t *claimed)
+{
+    size_t i;
+    int rc, prc;
+
+    if (claimed != NULL)
+        *claimed = 0;
+    if (d->unmarked) {
+        /* Never claim more while published records wait for their marks. */
+        if ((rc = apply_marks(d)) != OUTBOX_OK)
+            return rc;
+        d->more = true;
+        return OUTBOX_OK;
+    }
+    rc = outbox_store_claim(d->store, d->lock_id, d->s.batch_size, &d->batch);
+    if (rc != OUTBOX_OK) {
+        d->c.db_errors++;
+        fail(d, "claim failed", d->store->err);
+        outbox_batch_reset(&d->batch);
+        return rc;
+    }
+    d->more = d->batch.n >= (size_t)d->s.batch_size;
+    if (claimed != NULL)
+        *claimed = d->batch.n;
+    if (d->batch.n == 0)
+        return OUTBOX_OK;
+    d->c.batches++;
+    d->c.claimed += d->batch.n;
+    d->c.last_batch_size = d->batch.n;
+
+    /* A broker that forgets a result must not turn into a delivery. */
+    for (i = 0; i < d->batch.n; i++) {
+        d->res[i].status = OUTBOX_PUB_NOT_SENT;
+        d->res[i].duplicate = false;
+        d->res[i].error[0] = '\0';
+    }
+    prc = outbox_broker_publish(d->broker, d->batch.recs, d->batch.n, d->res);
+    if (prc != OUTBOX_OK) {
+        d->c.publish_errors++;
+        d->more = false;
+        fail(d, "publish failed", d->broker->err);
+    }
+    build_marks(d);
+    if ((rc = apply_marks(d)) != OUTBOX_OK)
+        return rc;
+    return prc == OUTBOX_OK ? OUTBOX_OK : prc;
+}
+
+int
+outbox_dispatcher_check_locks(outbox_dispatcher_t *d, int64_t *released)
+{
+    int64_t n = 0;
+    int rc = outbox_store_clear_stale_locks(d->store, d->s.max_lock_time_ms, &n);
+
+    if (rc != OUTBOX_OK) {
+        d->c.db_errors++;
+        fail(d, "lock check failed", d->store->err);
+        return rc;
+    }
+    d->c.locks_freed += (uint64_t)n;
+    if (released != NULL)
+        *released = n;
+    return OUTBOX_OK;
+}
+
+int
+outbox_dispatcher_cleanup(outbox_dispatcher_t *d, int64_t *deleted)
+{
+    int64_t n = 0;
+    int rc;
+
+    rc = outbox_store_purge(d->store, d->s.retention_ms, d->s.dead_retention_ms,
+                            d->s.cleanup_batch, &n);
+    if (rc != OUTBOX_OK) {
+        d->c.db_errors++;
+        fail(d, "cleanup failed", d->store->err);
+        return rc;
+    }
+    d->c.purged += (uint64_t)n;
+    if (deleted != NULL)
+        *deleted = n;
+    return OUTBOX_OK;
+}
+
+int
+outbox_dispatcher_release(outbox_dispatcher_t *d)
+{
+    int rc;
+
+    if (d->unmarked && (rc = apply_marks(d)) != OUTBOX_OK)
+        return rc;
+    rc = outbox_store_clear_locks_by_lock_id(d->store, d->lock_id, NULL);
+    if (rc != OUTBOX_OK) {
+        d->c.db_errors++;
+        fail(d, "releasing locks failed", d->store->err);
+    }
+    return rc;
+}
+
+static int64_t
+error_backoff(outbox_dispatcher_t *d)
+{
+    int64_t ms = ERR_BACKOFF_MIN_MS;
+    int i;
+
+    for (i = 1; i < d->errors && ms < ERR_BACKOFF_MAX_MS; i++)
+        ms *= 2;
+    return ms < ERR_BACKOFF_MAX_MS ? ms : ERR_BACKOFF_MAX_MS;
+}
+
+int
+outbox_dispatcher_tick(outbox_dispatcher_t *d, int64_t now, int64_t *wait_ms)
+{
+    int64_t next = INT64_MAX, n;
+    int rc, first = OUTBOX_OK;
+
+    if (!d->started) {
+        d->started = true;
+        d->next_process = d->next_lock_check = d->next_cleanup = now;
+    }
+    if (d->run_process && now >= d->next_process) {
+        rc = outbox_dispatcher_process(d, NULL);
+        if (rc != OUTBOX_OK) {
+            d->errors++;
+            d->next_process = now + error_backoff(d);
+            first = rc;
+        } else {
+            d->errors = 0;
+            d->next_process = d->more ? now : now + d->s.process_interval_ms;
+        }
+    }
+    if (d->run_lock_check && now >= d->next_lock_check) {
+        rc = outbox_dispatcher_check_locks(d, NULL);
+        d->next_lock_check = now + (rc == OUTBOX_OK ? d->s.lock_check_interval_ms
+                                                    : error_backoff(d));
+        if (first == OUTBOX_OK)
+            first = rc;
+    }
+    if (d->run_cleanup && now >= d->next_cleanup) {
+        n = 0;
+        rc = outbox_dispatcher_cleanup(d, &n);
+        if (rc != OUTBOX_OK)
+            d->next_cleanup = now + ERR_BACKOFF_MAX_MS;
+        else if (n >= d->s.cleanup_batch)
+            d->next_cleanup = now + CLEANUP_AGAIN_MS;
+        else
+            d->next_cleanup = now + d->s.cleanup_interval_ms;
+        if (first == OUTBOX_OK)
+            first = rc;
+    }
+    if (d->run_process && d->next_process < next)
+        next = d->next_process;
+    if (d->run_lock_check && d->next_lock_check < next)
+        next = d->next_lock_check;
+    if (d->run_cleanup && d->next_cleanup < next)
+        next = d->next_cleanup;
+    if (wait_ms != NULL)
+        *wait_ms = next == INT64_MAX ? d->s.process_interval_ms : (next > now ? next - now : 0);
+    return first;
+}
+
+void
+outbox_dispatcher_wake(outbox_dispatcher_t *d)
+{
+    d->next_process = INT64_MIN;
+}
+
+const outbox_dispatcher_counters_t *
+outbox_dispatcher_counters(const outbox_dispatcher_t *d)
+{
+    return &d->c;
+}
+
+const char *
+outbox_dispatcher_last_error(const outbox_dispatcher_t *d)
+{
+    return d->err;
+}
+
+const char *
+outbox_dispatcher_lock_id(const outbox_dispatcher_t *d)
+{
+    return d->lock_id;
+}

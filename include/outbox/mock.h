@@ -47,6 +47,9 @@ int outbox_mock_store_create(outbox_mock_store_t **out);
 /* Add a PENDING record; returns its index or -1. */
 int outbox_mock_store_add(outbox_mock_store_t *m, const char *topic, const char *key,
                           const char *body);
+/* Attach a header to record idx (at most 4); 0 or -1. */
+int outbox_mock_store_add_header(outbox_mock_store_t *m, int idx, const char *name,
+                                 const char *value);
 outbox_mock_record_t *outbox_mock_store_find(outbox_mock_store_t *m, const char *id);
 size_t outbox_mock_store_count(const outbox_mock_store_t *m, outbox_state_t st);
 

@@ -1,1 +1,656 @@
-int main(void) { return 0; }
+/*
+ * Dispatcher logic against the mock Store and Broker: every state
+ * transition, partial batch failures, the attempt cap, an unreachable
+ * broker, store failures after publishing, the lock check, retention and
+ * the job schedule. Each test fails when the rule it names is broken.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "outbox/dispatcher.h"
+#include "outbox/mock.h"
+
+typedef struct fx {
+    outbox_mock_store_t *store;
+    outbox_mock_broker_t *broker;
+    outbox_dispatcher_t *d;
+    outbox_dispatcher_settings_t s;
+} fx_t;
+
+static int
+make(fx_t *f, int nrecs)
+{
+    int i;
+
+    memset(f, 0, sizeof(*f));
+    if (outbox_mock_store_create(&f->store) != OUTBOX_OK ||
+        outbox_mock_broker_create(&f->broker) != OUTBOX_OK)
+        return -1;
+    f->store->now_ms = 1000000;
+    for (i = 0; i < nrecs; i++) {
+        char body[32];
+
+        snprintf(body, sizeof(body), "body-%d", i);
+        if (outbox_mock_store_add(f->store, "orders.created", "k", body) < 0)
+            return -1;
+    }
+    outbox_dispatcher_settings_default(&f->s);
+    f->s.retry.jitter = 0.0;
+    return 0;
+}
+
+static void
+start(fx_t *f)
+{
+    char err[256];
+
+    assert_int_equal(outbox_dispatcher_create(&f->d, &f->store->base, &f->broker->base, &f->s,
+                                              "relay-1", 42, err, sizeof(err)),
+                     OUTBOX_OK);
+}
+
+static void
+done(fx_t *f)
+{
+    outbox_dispatcher_destroy(f->d);
+    outbox_store_destroy(&f->store->base);
+    outbox_broker_destroy(&f->broker->base);
+}
+
+static outbox_pub_status_t
+fail_third(const outbox_record_t *r, void *arg)
+{
+    (void)arg;
+    return r->seq == 3 ? OUTBOX_PUB_TRANSIENT : OUTBOX_PUB_OK;
+}
+
+static outbox_pub_status_t
+all_transient(const outbox_record_t *r, void *arg)
+{
+    (void)r;
+    (void)arg;
+    return OUTBOX_PUB_TRANSIENT;
+}
+
+static outbox_pub_status_t
+permanent_second(const outbox_record_t *r, void *arg)
+{
+    (void)arg;
+    return r->seq == 2 ? OUTBOX_PUB_PERMANENT : OUTBOX_PUB_OK;
+}
+
+static void
+assert_no_locks(outbox_mock_store_t *m)
+{
+    size_t i;
+
+    for (i = 0; i < m->n; i++)
+        assert_string_equal(m->recs[i].locked_by, "");
+}
+
+static void
+test_delivers_whole_batch_with_one_mark(void **state)
+{
+    fx_t f;
+    size_t claimed = 0;
+    (void)state;
+
+    assert_int_equal(make(&f, 5), 0);
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 5);
+    assert_int_equal(f.broker->calls, 1);
+    assert_int_equal(f.store->calls_mark, 1);
+    assert_int_equal(f.store->last_mark_n, 5);
+    assert_int_equal(outbox_mock_store_count(f.store, OUTBOX_STATE_DELIVERED), 5);
+    assert_int_equal(f.store->recs[0].processed_on_ms, f.store->now_ms);
+    assert_int_equal(outbox_dispatcher_counters(f.d)->delivered, 5);
+    assert_int_equal(outbox_dispatcher_counters(f.d)->bytes, 5 * strlen("body-0"));
+    assert_no_locks(f.store);
+    /* delivered records are never claimed again */
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 0);
+    assert_int_equal(f.broker->calls, 1);
+    done(&f);
+}
+
+static void
+test_failure_in_middle_does_not_stop_batch(void **state)
+{
+    fx_t f;
+    outbox_mock_record_t *r;
+    (void)state;
+
+    assert_int_equal(make(&f, 5), 0);
+    f.broker->verdict = fail_third;
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_OK);
+    assert_int_equal(outbox_mock_store_count(f.store, OUTBOX_STATE_DELIVERED), 4);
+    assert_int_equal(f.store->calls_mark, 1);
+    assert_int_equal(f.store->last_mark_n, 5);
+    r = &f.store->recs[2];
+    assert_int_equal(r->state, OUTBOX_STATE_PENDING);
+    assert_int_equal(r->attempts, 1);
+    assert_int_equal(r->last_attempt_ms, f.store->now_ms);
+    assert_int_equal(r->next_attempt_ms, f.store->now_ms + f.s.retry.initial_ms);
+    assert_string_equal(r->locked_by, "");
+    assert_non_null(strstr(r->last_error, "verdict"));
+    /* records 4 and 5 were published after the failure */
+    assert_int_equal(f.broker->nsent, 4);
+    assert_string_equal(f.broker->sent_ids[2], f.store->recs[3].id);
+    assert_int_equal(outbox_dispatcher_counters(f.d)->retried, 1);
+    done(&f);
+}
+
+static void
+test_retry_waits_for_backoff(void **state)
+{
+    fx_t f;
+    size_t claimed;
+    (void)state;
+
+    assert_int_equal(make(&f, 1), 0);
+    f.broker->verdict = all_transient;
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 1);
+    /* not due yet: not claimed */
+    f.store->now_ms += f.s.retry.initial_ms - 1;
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 0);
+    f.store->now_ms += 1;
+    f.broker->verdict = NULL;
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 1);
+    assert_int_equal(f.store->recs[0].state, OUTBOX_STATE_DELIVERED);
+    assert_int_equal(f.store->recs[0].attempts, 1);
+    done(&f);
+}
+
+static void
+test_attempt_cap_is_greater_or_equal(void **state)
+{
+    fx_t f;
+    (void)state;
+
+    assert_int_equal(make(&f, 3), 0);
+    f.s.retry.max_attempts = 3;
+    f.broker->verdict = all_transient;
+    f.store->recs[0].attempts = 1; /* -> 2: retried */
+    f.store->recs[1].attempts = 2; /* -> 3: dead */
+    f.store->recs[2].attempts = 7; /* cap lowered below it: dead, not retried forever */
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_OK);
+    assert_int_equal(f.store->recs[0].state, OUTBOX_STATE_PENDING);
+    assert_int_equal(f.store->recs[0].attempts, 2);
+    assert_int_equal(f.store->recs[1].state, OUTBOX_STATE_MAX_ATTEMPTS_REACHED);
+    assert_int_equal(f.store->recs[1].attempts, 3);
+    assert_non_null(strstr(f.store->recs[1].last_error, "max attempts (3) reached"));
+    assert_int_equal(f.store->recs[2].state, OUTBOX_STATE_MAX_ATTEMPTS_REACHED);
+    assert_int_equal(outbox_dispatcher_counters(f.d)->dead, 2);
+    assert_no_locks(f.store);
+    done(&f);
+}
+
+static void
+test_max_attempts_zero_is_unlimited(void **state)
+{
+    fx_t f;
+    int i;
+    (void)state;
+
+    assert_int_equal(make(&f, 1), 0);
+    f.s.retry.max_attempts = 0;
+    f.s.retry.max_ms = 1000;
+    f.broker->verdict = all_transient;
+    start(&f);
+    for (i = 0; i < 50; i++) {
+        assert_int_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_OK);
+        f.store->now_ms += 1000;
+    }
+    assert_int_equal(f.store->recs[0].state, OUTBOX_STATE_PENDING);
+    assert_int_equal(f.store->recs[0].attempts, 50);
+    done(&f);
+}
+
+static void
+test_permanent_failure_is_dead_at_once(void **state)
+{
+    fx_t f;
+    (void)state;
+
+    assert_int_equal(make(&f, 3), 0);
+    f.broker->verdict = permanent_second;
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_OK);
+    assert_int_equal(f.store->recs[1].state, OUTBOX_STATE_MAX_ATTEMPTS_REACHED);
+    assert_int_equal(f.store->recs[1].attempts, 1);
+    assert_true(f.store->recs[1].last_error[0] != '\0');
+    assert_int_equal(f.store->recs[0].state, OUTBOX_STATE_DELIVERED);
+    assert_int_equal(f.store->recs[2].state, OUTBOX_STATE_DELIVERED);
+    done(&f);
+}
+
+static void
+test_broker_down_charges_no_attempt(void **state)
+{
+    fx_t f;
+    int i;
+    size_t claimed;
+    (void)state;
+
+    assert_int_equal(make(&f, 4), 0);
+    f.s.retry.max_attempts = 2;
+    f.broker->down = true;
+    start(&f);
+    for (i = 0; i < 5; i++) {
+        assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_ERR_UNREACHABLE);
+        assert_int_equal(claimed, 4);
+    }
+    for (i = 0; i < 4; i++) {
+        assert_int_equal(f.store->recs[i].state, OUTBOX_STATE_PENDING);
+        assert_int_equal(f.store->recs[i].attempts, 0);
+    }
+    assert_no_locks(f.store);
+    assert_int_equal(outbox_dispatcher_counters(f.d)->released, 20);
+    assert_int_equal(outbox_dispatcher_counters(f.d)->publish_errors, 5);
+    f.broker->down = false;
+    assert_int_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_OK);
+    assert_int_equal(outbox_mock_store_count(f.store, OUTBOX_STATE_DELIVERED), 4);
+    done(&f);
+}
+
+/* Arms the store failure from inside publish: the claim has already
+ * succeeded, so the next store call (the mark) fails. */
+static outbox_pub_status_t
+ok_then_break_store(const outbox_record_t *r, void *arg)
+{
+    outbox_mock_store_t *m = arg;
+    (void)r;
+    m->fail_next = 1;
+    return OUTBOX_PUB_OK;
+}
+
+static void
+test_marks_retried_after_store_failure(void **state)
+{
+    fx_t f;
+    size_t claimed;
+    unsigned claims;
+    (void)state;
+
+    assert_int_equal(make(&f, 3), 0);
+    f.s.retry.max_attempts = 1; /* a failure record would be dead at once */
+    f.store->fail_status = OUTBOX_ERR_UNREACHABLE;
+    f.broker->verdict = ok_then_break_store;
+    f.broker->verdict_arg = f.store;
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_ERR_UNREACHABLE);
+    assert_int_equal(claimed, 3);
+    /* nothing changed in the store, nothing marked failed */
+    assert_int_equal(outbox_mock_store_count(f.store, OUTBOX_STATE_PENDING), 3);
+    assert_int_equal(f.store->recs[0].attempts, 0);
+    assert_int_equal(outbox_dispatcher_counters(f.d)->failed, 0);
+    assert_int_equal(outbox_dispatcher_counters(f.d)->db_errors, 1);
+    /* next pass re-applies the kept marks, without claiming or publishing */
+    f.broker->verdict = NULL;
+    claims = f.store->calls_claim;
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 0);
+    assert_int_equal(f.store->calls_claim, claims);
+    assert_int_equal(f.broker->calls, 1);
+    assert_int_equal(outbox_mock_store_count(f.store, OUTBOX_STATE_DELIVERED), 3);
+    assert_int_equal(f.store->recs[0].attempts, 0);
+    assert_no_locks(f.store);
+    done(&f);
+}
+
+static void
+test_claim_failure_is_reported_and_nothing_published(void **state)
+{
+    fx_t f;
+    (void)state;
+
+    assert_int_equal(make(&f, 2), 0);
+    start(&f);
+    f.store->fail_next = 1;
+    assert_int_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_ERR_UNREACHABLE);
+    assert_int_equal(f.broker->calls, 0);
+    assert_non_null(strstr(outbox_dispatcher_last_error(f.d), "claim failed"));
+    assert_int_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_OK);
+    assert_int_equal(outbox_mock_store_count(f.store, OUTBOX_STATE_DELIVERED), 2);
+    done(&f);
+}
+
+static void
+test_lock_check_frees_only_stale_locks(void **state)
+{
+    fx_t f;
+    int64_t released = -1;
+    (void)state;
+
+    assert_int_equal(make(&f, 3), 0);
+    start(&f);
+    strcpy(f.store->recs[0].locked_by, "dead-relay");
+    f.store->recs[0].locked_on_ms = f.store->now_ms - f.s.max_lock_time_ms - 1;
+    strcpy(f.store->recs[1].locked_by, "live-relay");
+    f.store->recs[1].locked_on_ms = f.store->now_ms - 10;
+    assert_int_equal(outbox_dispatcher_check_locks(f.d, &released), OUTBOX_OK);
+    assert_int_equal(released, 1);
+    assert_string_equal(f.store->recs[0].locked_by, "");
+    assert_string_equal(f.store->recs[1].locked_by, "live-relay");
+    /* the freed record is claimable again; the live lock is not */
+    assert_int_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_OK);
+    assert_int_equal(f.store->recs[0].state, OUTBOX_STATE_DELIVERED);
+    assert_int_equal(f.store->recs[1].state, OUTBOX_STATE_PENDING);
+    done(&f);
+}
+
+static void
+test_retention_never_touches_pending(void **state)
+{
+    fx_t f;
+    int64_t deleted = -1;
+    int64_t day = 24LL * 3600 * 1000;
+    (void)state;
+
+    assert_int_equal(make(&f, 5), 0);
+    f.store->now_ms = 400 * day;
+    f.s.retention_ms = day;
+    f.s.dead_retention_ms = 30 * day;
+    start(&f);
+    /* 0: ancient pending; 1: delivered 2 days ago; 2: delivered an hour ago;
+     * 3: dead 2 days ago (kept, dead retention is longer); 4: dead 31 days ago */
+    f.store->recs[0].processed_on_ms = 0;
+    f.store->recs[1].state = OUTBOX_STATE_DELIVERED;
+    f.store->recs[1].processed_on_ms = f.store->now_ms - 2 * day;
+    f.store->recs[2].state = OUTBOX_STATE_DELIVERED;
+    f.store->recs[2].processed_on_ms = f.store->now_ms - day / 24;
+    f.store->recs[3].state = OUTBOX_STATE_MAX_ATTEMPTS_REACHED;
+    f.store->recs[3].processed_on_ms = f.store->now_ms - 2 * day;
+    f.store->recs[4].state = OUTBOX_STATE_MAX_ATTEMPTS_REACHED;
+    f.store->recs[4].processed_on_ms = f.store->now_ms - 31 * day;
+    assert_int_equal(outbox_dispatcher_cleanup(f.d, &deleted), OUTBOX_OK);
+    assert_int_equal(deleted, 2);
+    assert_int_equal(f.store->n, 3);
+    assert_int_equal(f.store->recs[0].state, OUTBOX_STATE_PENDING);
+    assert_int_equal(f.store->recs[0].seq, 1);
+    assert_int_equal(f.store->recs[1].seq, 3);
+    assert_int_equal(f.store->recs[2].seq, 4);
+    done(&f);
+}
+
+static void
+test_release_leaves_no_lock(void **state)
+{
+    fx_t f;
+    outbox_batch_t b;
+    (void)state;
+
+    assert_int_equal(make(&f, 4), 0);
+    start(&f);
+    outbox_batch_init(&b);
+    assert_int_equal(outbox_store_claim(&f.store->base, "relay-1", 3, &b), OUTBOX_OK);
+    assert_int_equal(b.n, 3);
+    strcpy(f.store->recs[3].locked_by, "relay-2");
+    assert_int_equal(outbox_dispatcher_release(f.d), OUTBOX_OK);
+    assert_string_equal(f.store->recs[0].locked_by, "");
+    assert_string_equal(f.store->recs[2].locked_by, "");
+    /* another relay's lock is not ours to clear */
+    assert_string_equal(f.store->recs[3].locked_by, "relay-2");
+    outbox_batch_free(&b);
+    done(&f);
+}
+
+static outbox_pub_status_t
+needs_headers(const outbox_record_t *r, void *arg)
+{
+    (void)arg;
+    if (r->msg.nheaders != 2 || strcmp(r->msg.headers[1].name, "trace") != 0 ||
+        strcmp(r->msg.headers[1].value, "abc") != 0 || strcmp(r->msg.key, "k") != 0)
+        return OUTBOX_PUB_PERMANENT;
+    return OUTBOX_PUB_OK;
+}
+
+static void
+test_headers_and_key_reach_the_broker(void **state)
+{
+    fx_t f;
+    (void)state;
+
+    assert_int_equal(make(&f, 1), 0);
+    assert_int_equal(outbox_mock_store_add_header(f.store, 0, "content-type", "text/plain"), 0);
+    assert_int_equal(outbox_mock_store_add_header(f.store, 0, "trace", "abc"), 0);
+    f.broker->verdict = needs_headers;
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_OK);
+    assert_int_equal(f.store->recs[0].state, OUTBOX_STATE_DELIVERED);
+    done(&f);
+}
+
+static void
+test_batch_bound_and_order(void **state)
+{
+    fx_t f;
+    size_t claimed;
+    (void)state;
+
+    assert_int_equal(make(&f, 7), 0);
+    f.s.batch_size = 3;
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 3);
+    assert_string_equal(f.broker->sent_ids[0], f.store->recs[0].id);
+    assert_string_equal(f.broker->sent_ids[2], f.store->recs[2].id);
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 1);
+    assert_int_equal(f.broker->nsent, 7);
+    done(&f);
+}
+
+static void
+test_tick_schedules_jobs(void **state)
+{
+    fx_t f;
+    int64_t wait = -1, t = 5000;
+    (void)state;
+
+    assert_int_equal(make(&f, 5), 0);
+    f.s.batch_size = 2;
+    f.s.process_interval_ms = 100;
+    f.s.lock_check_interval_ms = 1000;
+    f.s.max_lock_time_ms = 1000;
+    f.s.retention_ms = 2000;
+    f.s.dead_retention_ms = 2000;
+    f.s.cleanup_interval_ms = 5000;
+    start(&f);
+    /* first tick runs all three jobs; a full batch means no wait */
+    assert_int_equal(outbox_dispatcher_tick(f.d, t, &wait), OUTBOX_OK);
+    assert_int_equal(f.store->calls_claim, 1);
+    assert_int_equal(f.store->calls_clear_stale, 1);
+    assert_int_equal(f.store->calls_purge, 1);
+    assert_int_equal(wait, 0);
+    assert_int_equal(outbox_dispatcher_tick(f.d, t, &wait), OUTBOX_OK);
+    assert_int_equal(outbox_dispatcher_tick(f.d, t, &wait), OUTBOX_OK);
+    assert_int_equal(f.store->calls_claim, 3);
+    assert_int_equal(wait, 100); /* last batch was short: idle poll */
+    assert_int_equal(outbox_dispatcher_tick(f.d, t + 50, &wait), OUTBOX_OK);
+    assert_int_equal(f.store->calls_claim, 3);
+    assert_int_equal(wait, 50);
+    /* a wake-up makes the process job due at once */
+    outbox_dispatcher_wake(f.d);
+    assert_int_equal(outbox_dispatcher_tick(f.d, t + 60, &wait), OUTBOX_OK);
+    assert_int_equal(f.store->calls_claim, 4);
+    assert_int_equal(outbox_dispatcher_tick(f.d, t + 1000, &wait), OUTBOX_OK);
+    assert_int_equal(f.store->calls_clear_stale, 2);
+    assert_int_equal(f.store->calls_purge, 1);
+    assert_int_equal(outbox_mock_store_count(f.store, OUTBOX_STATE_DELIVERED), 5);
+    /* jobs switched off do not run */
+    outbox_dispatcher_set_jobs(f.d, true, false, false);
+    assert_int_equal(outbox_dispatcher_tick(f.d, t + 100000, &wait), OUTBOX_OK);
+    assert_int_equal(f.store->calls_clear_stale, 2);
+    assert_int_equal(f.store->calls_purge, 1);
+    done(&f);
+}
+
+static void
+test_tick_backs_off_on_errors(void **state)
+{
+    fx_t f;
+    int64_t wait = -1, t = 0;
+    (void)state;
+
+    assert_int_equal(make(&f, 1), 0);
+    start(&f);
+    outbox_dispatcher_set_jobs(f.d, true, false, false);
+    f.store->fail_next = 100;
+    assert_int_equal(outbox_dispatcher_tick(f.d, t, &wait), OUTBOX_ERR_UNREACHABLE);
+    assert_int_equal(wait, 100);
+    assert_int_equal(outbox_dispatcher_tick(f.d, t += wait, &wait), OUTBOX_ERR_UNREACHABLE);
+    assert_int_equal(wait, 200);
+    assert_int_equal(outbox_dispatcher_tick(f.d, t += wait, &wait), OUTBOX_ERR_UNREACHABLE);
+    assert_int_equal(wait, 400);
+    for (int i = 0; i < 20; i++)
+        outbox_dispatcher_tick(f.d, t += wait, &wait);
+    assert_int_equal(wait, 10000); /* capped, never a hot loop */
+    f.store->fail_next = 0;
+    assert_int_equal(outbox_dispatcher_tick(f.d, t += wait, &wait), OUTBOX_OK);
+    assert_int_equal(outbox_mock_store_count(f.store, OUTBOX_STATE_DELIVERED), 1);
+    done(&f);
+}
+
+static void
+test_retry_delay_policy(void **state)
+{
+    outbox_retry_policy_t p = {.max_attempts = 0, .initial_ms = 1000, .multiplier = 2.0,
+                               .max_ms = 60000, .jitter = 0};
+    static const struct {
+        int attempt;
+        int64_t want;
+    } cases[] = {{1, 1000}, {2, 2000}, {3, 4000}, {6, 32000}, {7, 60000}, {1000000, 60000}};
+    size_t i;
+    (void)state;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        assert_int_equal(outbox_retry_delay_ms(&p, cases[i].attempt), cases[i].want);
+}
+
+static void
+test_jitter_stays_in_range(void **state)
+{
+    fx_t f;
+    int i;
+    (void)state;
+
+    assert_int_equal(make(&f, 200), 0);
+    f.s.retry.jitter = 0.5;
+    f.s.batch_size = 200;
+    f.broker->verdict = all_transient;
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_OK);
+    {
+        int64_t lo = INT64_MAX, hi = 0;
+        for (i = 0; i < 200; i++) {
+            int64_t dly = f.store->recs[i].next_attempt_ms - f.store->now_ms;
+            assert_true(dly >= 500 && dly <= 1000);
+            lo = dly < lo ? dly : lo;
+            hi = dly > hi ? dly : hi;
+        }
+        assert_true(hi - lo > 100); /* actually spread out */
+    }
+    done(&f);
+}
+
+static void
+test_settings_validation(void **state)
+{
+    outbox_dispatcher_settings_t s;
+    char err[256];
+    (void)state;
+
+    outbox_dispatcher_settings_default(&s);
+    assert_int_equal(outbox_dispatcher_settings_validate(&s, err, sizeof(err)), OUTBOX_OK);
+#define BAD(field, val, word)                                                                  \
+    do {                                                                                       \
+        outbox_dispatcher_settings_default(&s);                                                \
+        s.field = val;                                                                         \
+        err[0] = '\0';                                                                         \
+        assert_int_equal(outbox_dispatcher_settings_validate(&s, err, sizeof(err)),            \
+                         OUTBOX_ERR_CONFIG);                                                   \
+        assert_non_null(strstr(err, word));                                                    \
+    } while (0)
+    BAD(process_interval_ms, 0, "process_interval");
+    BAD(process_interval_ms, -5, "process_interval");
+    BAD(lock_check_interval_ms, 0, "lock_check_interval");
+    BAD(max_lock_time_ms, 0, "max_lock_time");
+    BAD(cleanup_interval_ms, 0, "cleanup_interval");
+    BAD(batch_size, 0, "batch_size");
+    BAD(batch_size, 10001, "batch_size");
+    BAD(cleanup_batch, 0, "cleanup_batch");
+    BAD(retention_ms, 1000, "retention");
+    BAD(dead_retention_ms, 1000, "dead_retention");
+    BAD(retry.max_attempts, -1, "max_attempts");
+    BAD(retry.initial_ms, 0, "retry_initial");
+    BAD(retry.multiplier, 0.5, "retry_multiplier");
+    BAD(retry.max_ms, 10, "retry_max");
+    BAD(retry.jitter, 1.5, "retry_jitter");
+#undef BAD
+    outbox_dispatcher_settings_default(&s);
+    s.retention_ms = -1; /* keep forever is fine */
+    assert_int_equal(outbox_dispatcher_settings_validate(&s, err, sizeof(err)), OUTBOX_OK);
+}
+
+static void
+test_create_rejects_bad_lock_id(void **state)
+{
+    fx_t f;
+    outbox_dispatcher_t *d = NULL;
+    char err[256], big[300];
+    (void)state;
+
+    assert_int_equal(make(&f, 0), 0);
+    assert_int_equal(outbox_dispatcher_create(&d, &f.store->base, &f.broker->base, &f.s, "", 1,
+                                              err, sizeof(err)),
+                     OUTBOX_ERR_CONFIG);
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    assert_int_equal(outbox_dispatcher_create(&d, &f.store->base, &f.broker->base, &f.s, big, 1,
+                                              err, sizeof(err)),
+                     OUTBOX_ERR_CONFIG);
+    assert_null(d);
+    done(&f);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_delivers_whole_batch_with_one_mark),
+        cmocka_unit_test(test_failure_in_middle_does_not_stop_batch),
+        cmocka_unit_test(test_retry_waits_for_backoff),
+        cmocka_unit_test(test_attempt_cap_is_greater_or_equal),
+        cmocka_unit_test(test_max_attempts_zero_is_unlimited),
+        cmocka_unit_test(test_permanent_failure_is_dead_at_once),
+        cmocka_unit_test(test_broker_down_charges_no_attempt),
+        cmocka_unit_test(test_marks_retried_after_store_failure),
+        cmocka_unit_test(test_claim_failure_is_reported_and_nothing_published),
+        cmocka_unit_test(test_lock_check_frees_only_stale_locks),
+        cmocka_unit_test(test_retention_never_touches_pending),
+        cmocka_unit_test(test_release_leaves_no_lock),
+        cmocka_unit_test(test_headers_and_key_reach_the_broker),
+        cmocka_unit_test(test_batch_bound_and_order),
+        cmocka_unit_test(test_tick_schedules_jobs),
+        cmocka_unit_test(test_tick_backs_off_on_errors),
+        cmocka_unit_test(test_retry_delay_policy),
+        cmocka_unit_test(test_jitter_stays_in_range),
+        cmocka_unit_test(test_settings_validation),
+        cmocka_unit_test(test_create_rejects_bad_lock_id),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
