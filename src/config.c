@@ -1,1 +1,574 @@
-/* placeholder: being written */
+/*
+ * Configuration table and loaders. Every key is described once in keys[];
+ * the INI file (libinih), the OUTBOX_<KEY> environment, the --<key> flags,
+ * --help and the dump all read that table. Strings in the config are owned
+ * (strdup) and freed by outbox_config_free().
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+
+typedef enum { T_STR, T_INT, T_DUR, T_DUR_NEVER, T_DBL, T_ENUM } key_type_t;
+
+typedef struct key {
+    const char *name;
+    key_type_t type;
+    const char *def;
+    const char *unit;
+    double min, max;
+    bool reloadable;
+    size_t off;
+    const char *const *enums; /* T_ENUM: value names, index = stored value */
+    const char *help;
+} cfg_key_t;
+
+static const char *const nats_modes[] = {"jetstream", "core", NULL};
+static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
+
+#define OFF(f) offsetof(outbox_config_t, f)
+#define DAY (24.0 * 3600 * 1000)
+
+static const cfg_key_t keys[] = {
+    {"db", T_STR, "", "conninfo", 0, 0, true, OFF(db), NULL,
+     "PostgreSQL connection: libpq conninfo or URI (empty: libpq defaults and PG* variables)"},
+    {"nats_url", T_STR, "nats://127.0.0.1:4222", "url", 0, 0, true, OFF(nats_url), NULL,
+     "NATS server URL(s), comma-separated"},
+    {"nats_mode", T_ENUM, "jetstream", "jetstream|core", 0, 0, true, OFF(nats_mode), nats_modes,
+     "jetstream: wait for every PubAck, dedupe by record id; core: at-least-once after flush"},
+    {"schema", T_STR, "public", "name", 0, 0, true, OFF(schema), NULL,
+     "schema of the outbox table"},
+    {"table", T_STR, "outbox", "name", 0, 0, true, OFF(table), NULL, "outbox table name"},
+    {"machine_id", T_STR, "", "text", 0, 0, true, OFF(machine_id), NULL,
+     "prefix of this relay's lock ids (empty: the host name)"},
+    {"log_level", T_ENUM, "info", "error|warn|info|debug", 0, 0, true, OFF(log_level),
+     log_levels, "least severe level logged"},
+    {"log_file", T_STR, "", "path", 0, 0, true, OFF(log_file), NULL,
+     "append logs to this file, reopened on SIGUSR1 (empty: stderr)"},
+    {"batch_size", T_INT, "500", "records", 1, 10000, true, OFF(batch_size), NULL,
+     "records claimed and published per batch"},
+    {"process_interval", T_DUR, "1s", "duration", 1, DAY, true, OFF(process_interval_ms), NULL,
+     "poll period while the outbox is idle"},
+    {"lock_check_interval", T_DUR, "1m", "duration", 1, DAY, true, OFF(lock_check_interval_ms),
+     NULL, "how often locks older than max_lock_time are freed"},
+    {"max_lock_time", T_DUR, "5m", "duration", 1, DAY, true, OFF(max_lock_time_ms), NULL,
+     "a lock older than this is stale (its relay is presumed dead)"},
+    {"cleanup_interval", T_DUR, "1h", "duration", 1, DAY, true, OFF(cleanup_interval_ms), NULL,
+     "how often retention runs"},
+    {"cleanup_batch", T_INT, "10000", "rows", 1, 1000000, true, OFF(cleanup_batch), NULL,
+     "rows deleted per retention statement"},
+    {"retention", T_DUR_NEVER, "24h", "duration|never", 0, 3650 * DAY, true, OFF(retention_ms),
+     NULL, "DELIVERED rows are deleted this long after delivery (never: kept)"},
+    {"dead_retention", T_DUR_NEVER, "30d", "duration|never", 0, 3650 * DAY, true,
+     OFF(dead_retention_ms), NULL,
+     "dead (MAX_ATTEMPTS_REACHED) rows are deleted this long after dying (never: kept)"},
+    {"max_attempts", T_INT, "10", "attempts", 0, 1000000000, true, OFF(max_attempts), NULL,
+     "a record is dead after this many failed publishes (0: unlimited)"},
+    {"retry_initial", T_DUR, "1s", "duration", 1, DAY, true, OFF(retry_initial_ms), NULL,
+     "delay before the first retry"},
+    {"retry_multiplier", T_DBL, "2", "factor", 1, 100, true, OFF(retry_multiplier), NULL,
+     "each further retry waits this many times longer"},
+    {"retry_max", T_DUR, "5m", "duration", 1, DAY, true, OFF(retry_max_ms), NULL,
+     "longest retry delay"},
+    {"retry_jitter", T_DBL, "0.2", "fraction", 0, 1, true, OFF(retry_jitter), NULL,
+     "retry delays are shortened by a random fraction up to this"},
+    {"publish_timeout", T_DUR, "10s", "duration", 1, 3600 * 1000.0, true,
+     OFF(publish_timeout_ms), NULL, "longest wait for a batch's PubAcks (or core flush)"},
+    {"connect_timeout", T_DUR, "10s", "duration", 1, 3600 * 1000.0, true,
+     OFF(connect_timeout_ms), NULL, "PostgreSQL and NATS connect time-out"},
+    {"statement_timeout", T_DUR, "30s", "duration", 0, 3600 * 1000.0, true,
+     OFF(statement_timeout_ms), NULL, "PostgreSQL statement_timeout of the relay (0: none)"},
+    {"drain_timeout", T_DUR, "30s", "duration", 1, 3600 * 1000.0, true, OFF(drain_timeout_ms),
+     NULL, "on SIGTERM, longest wait for the batch in flight before exiting"},
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+static const cfg_key_t *
+find_key(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].name, name) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+int
+outbox_parse_duration(const char *s, bool allow_never, int64_t *ms)
+{
+    static const struct {
+        const char *suffix;
+        double mult;
+    } units[] = {{"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}};
+    char *end;
+    double v;
+    size_t i;
+
+    if (allow_never && (strcmp(s, "never") == 0 || strcmp(s, "forever") == 0)) {
+        *ms = -1;
+        return 0;
+    }
+    errno = 0;
+    v = strtod(s, &end);
+    if (end == s || errno != 0 || v < 0 || v != v)
+        return -1;
+    if (*end == '\0')
+        return v == 0 ? (*ms = 0, 0) : -1; /* a bare number must say its unit */
+    for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(end, units[i].suffix) == 0) {
+            v *= units[i].mult;
+            if (v > 9.0e15)
+                return -1;
+            *ms = (int64_t)v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int
+set_key(outbox_config_t *cfg, const cfg_key_t *k, const char *value, char *err, size_t errlen)
+{
+    char *p = (char *)cfg + k->off;
+    char *end;
+    int64_t iv;
+    double dv;
+    size_t i;
+
+    switch (k->type) {
+    case T_STR: {
+        char *copy = strdup(value);
+
+        if (copy == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return OUTBOX_ERR_NOMEM;
+        }
+        free(*(char **)p);
+        *(char **)p = copy;
+        return OUTBOX_OK;
+    }
+    case T_INT:
+        errno = 0;
+        iv = strtoll(value, &end, 10);
+        if (end == value || *end != '\0' || errno != 0) {
+            snprintf(err, errlen, "%s: \"%s\" is not a whole number", k->name, value);
+            return OUTBOX_ERR_CONFIG;
+        }
+        if ((double)iv < k->min || (double)iv > k->max) {
+            snprintf(err, errlen, "%s: %lld is out of range (%.0f to %.0f)", k->name,
+                     (long long)iv, k->min, k->max);
+            return OUTBOX_ERR_CONFIG;
+        }
+        *(int64_t *)p = iv;
+        return OUTBOX_OK;
+    case T_DUR:
+    case T_DUR_NEVER:
+        if (outbox_parse_duration(value, k->type == T_DUR_NEVER, &iv) != 0) {
+            snprintf(err, errlen,
+                     "%s: \"%s\" is not a duration (use e.g. 500ms, 5s, 2m, 1h, 7d%s)", k->name,
+                     value, k->type == T_DUR_NEVER ? ", or never" : "");
+            return OUTBOX_ERR_CONFIG;
+        }
+        if (iv >= 0 && ((double)iv < k->min || (double)iv > k->max)) {
+            snprintf(err, errlen, "%s: %s is out of range (%.0fms to %.0fms)", k->name, value,
+                     k->min, k->max);
+            return OUTBOX_ERR_CONFIG;
+        }
+        *(int64_t *)p = iv;
+        return OUTBOX_OK;
+    case T_DBL:
+        errno = 0;
+        dv = strtod(value, &end);
+        if (end == value || *end != '\0' || errno != 0 || dv != dv) {
+            snprintf(err, errlen, "%s: \"%s\" is not a number", k->name, value);
+            return OUTBOX_ERR_CONFIG;
+        }
+        if (dv < k->min || dv > k->max) {
+            snprintf(err, errlen, "%s: %g is out of range (%g to %g)", k->name, dv, k->min,
+                     k->max);
+            return OUTBOX_ERR_CONFIG;
+        }
+        *(double *)p = dv;
+        return OUTBOX_OK;
+    case T_ENUM:
+        for (i = 0; k->enums[i] != NULL; i++) {
+            if (strcmp(value, k->enums[i]) == 0) {
+                *(int64_t *)p = (int64_t)i;
+                return OUTBOX_OK;
+            }
+        }
+        snprintf(err, errlen, "%s: \"%s\" is not one of %s", k->name, value, k->unit);
+        return OUTBOX_ERR_CONFIG;
+    }
+    return OUTBOX_ERR_CONFIG;
+}
+
+int
+outbox_config_set(outbox_config_t *cfg, const char *key, const char *value, char *err,
+                  size_t errlen)
+{
+    const cfg_key_t *k = find_key(key);
+
+    if (k == NULL) {
+        snprintf(err, errlen, "unknown key \"%s\"", key);
+        return OUTBOX_ERR_CONFIG;
+    }
+    return set_key(cfg, k, value, err, errlen);
+}
+
+int
+outbox_config_init(outbox_config_t *cfg)
+{
+    char err[256];
+    size_t i;
+
+    memset(cfg, 0, sizeof(*cfg));
+    for (i = 0; i < NKEYS; i++) {
+        if (set_key(cfg, &keys[i], keys[i].def, err, sizeof(err)) != OUTBOX_OK) {
+            outbox_config_free(cfg);
+            return OUTBOX_ERR_NOMEM;
+        }
+    }
+    return OUTBOX_OK;
+}
+
+void
+outbox_config_free(outbox_config_t *cfg)
+{
+    size_t i;
+
+    for (i = 0; i < NKEYS; i++) {
+        if (keys[i].type == T_STR) {
+            char **p = (char **)((char *)cfg + keys[i].off);
+
+            free(*p);
+            *p = NULL;
+        }
+    }
+}
+
+typedef struct ini_ctx {
+    outbox_config_t *cfg;
+    const char *file;
+    char *err;
+    size_t errlen;
+    int rc;
+} ini_ctx_t;
+
+/* Debian's libinih passes no line number: ini_parse() returns the first
+ * failing line, and load() prefixes it. */
+static int
+on_ini_pair(void *user, const char *section, const char *name, const char *value)
+{
+    ini_ctx_t *c = user;
+    char why[400];
+
+    if (c->rc != OUTBOX_OK)
+        return 0;
+    if (section[0] != '\0' && strcmp(section, "outboxd") != 0) {
+        snprintf(c->err, c->errlen, "unknown section [%s] (keys go at the top or in [outboxd])",
+                 section);
+        c->rc = OUTBOX_ERR_CONFIG;
+        return 0;
+    }
+    if (outbox_config_set(c->cfg, name, value, why, sizeof(why)) != OUTBOX_OK) {
+        snprintf(c->err, c->errlen, "%s", why);
+        c->rc = OUTBOX_ERR_CONFIG;
+        return 0;
+    }
+    return 1;
+}
+
+static int
+load_env(outbox_config_t *cfg, char *err, size_t errlen)
+{
+    char var[64], why[400];
+    const char *v;
+    size_t i, j;
+
+    for (i = 0; i < NKEYS; i++) {
+        snprintf(var, sizeof(var), "OUTBOX_");
+        for (j = 0; keys[i].name[j] != '\0' && 7 + j < sizeof(var) - 1; j++)
+            var[7 + j] = (char)toupper((unsigned char)keys[i].name[j]);
+        var[7 + j] = '\0';
+        if ((v = getenv(var)) == NULL)
+            continue;
+        if (set_key(cfg, &keys[i], v, why, sizeof(why)) != OUTBOX_OK) {
+            snprintf(err, errlen, "environment %s: %s", var, why);
+            return OUTBOX_ERR_CONFIG;
+        }
+    }
+    return OUTBOX_OK;
+}
+
+int
+outbox_config_load(outbox_config_t *cfg, const char *file, char *const *k, char *const *v,
+                   int nset, char *err, size_t errlen)
+{
+    char why[400];
+    int rc, i;
+
+    if ((rc = outbox_config_init(cfg)) != OUTBOX_OK) {
+        snprintf(err, errlen, "out of memory");
+        return rc;
+    }
+    if (file != NULL) {
+        ini_ctx_t c = {cfg, file, err, errlen, OUTBOX_OK};
+        int r = ini_parse(file, on_ini_pair, &c);
+
+        if (r == -1) {
+            snprintf(err, errlen, "config file %s: cannot open: %s", file, strerror(errno));
+            rc = OUTBOX_ERR_CONFIG;
+            goto fail;
+        }
+        if (c.rc != OUTBOX_OK) {
+            snprintf(why, sizeof(why), "%s", err);
+            snprintf(err, errlen, "%s:%d: %s", file, r, why);
+            rc = c.rc;
+            goto fail;
+        }
+        if (r != 0) {
+            snprintf(err, errlen, "%s:%d: syntax error (expected key = value)", file, r);
+            rc = OUTBOX_ERR_CONFIG;
+            goto fail;
+        }
+    }
+    if ((rc = load_env(cfg, err, errlen)) != OUTBOX_OK)
+        goto fail;
+    for (i = 0; i < nset; i++) {
+        if ((rc = outbox_config_set(cfg, k[i], v[i], why, sizeof(why))) != OUTBOX_OK) {
+            char flag[64];
+            size_t j;
+
+            for (j = 0; k[i][j] != '\0' && j < sizeof(flag) - 1; j++)
+                flag[j] = k[i][j] == '_' ? '-' : k[i][j];
+            flag[j] = '\0';
+            snprintf(err, errlen, "flag --%s: %s", flag, why);
+            goto fail;
+        }
+    }
+    if ((rc = outbox_config_validate(cfg, err, errlen)) != OUTBOX_OK)
+        goto fail;
+    return OUTBOX_OK;
+fail:
+    outbox_config_free(cfg);
+    return rc;
+}
+
+static int
+valid_ident(const char *s, size_t max)
+{
+    size_t n = strlen(s), i;
+
+    if (n == 0 || n > max)
+        return 0;
+    for (i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20)
+            return 0;
+    return 1;
+}
+
+int
+outbox_config_validate(const outbox_config_t *cfg, char *err, size_t errlen)
+{
+    outbox_dispatcher_settings_t s;
+    size_t i;
+
+    if (cfg->nats_url[0] == '\0') {
+        snprintf(err, errlen, "nats_url: must not be empty");
+        return OUTBOX_ERR_CONFIG;
+    }
+    if (!valid_ident(cfg->schema, 63)) {
+        snprintf(err, errlen, "schema: must be 1 to 63 bytes without control characters");
+        return OUTBOX_ERR_CONFIG;
+    }
+    /* "<table>_migrations" must fit PostgreSQL's 63-byte identifiers */
+    if (!valid_ident(cfg->table, 52)) {
+        snprintf(err, errlen, "table: must be 1 to 52 bytes without control characters");
+        return OUTBOX_ERR_CONFIG;
+    }
+    if (strlen(cfg->machine_id) > 64) {
+        snprintf(err, errlen, "machine_id: longer than 64 characters");
+        return OUTBOX_ERR_CONFIG;
+    }
+    for (i = 0; cfg->machine_id[i] != '\0'; i++) {
+        if (!isgraph((unsigned char)cfg->machine_id[i])) {
+            snprintf(err, errlen, "machine_id: only printable characters without spaces");
+            return OUTBOX_ERR_CONFIG;
+        }
+    }
+    outbox_config_dispatcher_settings(cfg, &s);
+    if (outbox_dispatcher_settings_validate(&s, err, errlen) != OUTBOX_OK)
+        return OUTBOX_ERR_CONFIG;
+    if (cfg->max_lock_time_ms < 2 * cfg->publish_timeout_ms) {
+        snprintf(err, errlen,
+                 "max_lock_time (%lldms) must be at least twice publish_timeout (%lldms): a "
+                 "batch still publishing would lose its lock",
+                 (long long)cfg->max_lock_time_ms, (long long)cfg->publish_timeout_ms);
+        return OUTBOX_ERR_CONFIG;
+    }
+    return OUTBOX_OK;
+}
+
+void
+outbox_config_dispatcher_settings(const outbox_config_t *cfg, outbox_dispatcher_settings_t *s)
+{
+    outbox_dispatcher_settings_default(s);
+    s->process_interval_ms = cfg->process_interval_ms;
+    s->lock_check_interval_ms = cfg->lock_check_interval_ms;
+    s->max_lock_time_ms = cfg->max_lock_time_ms;
+    s->cleanup_interval_ms = cfg->cleanup_interval_ms;
+    s->retention_ms = cfg->retention_ms;
+    s->dead_retention_ms = cfg->dead_retention_ms;
+    s->batch_size = (int32_t)cfg->batch_size;
+    s->cleanup_batch = (int32_t)cfg->cleanup_batch;
+    s->retry.max_attempts = (int32_t)cfg->max_attempts;
+    s->retry.initial_ms = cfg->retry_initial_ms;
+    s->retry.multiplier = cfg->retry_multiplier;
+    s->retry.max_ms = cfg->retry_max_ms;
+    s->retry.jitter = cfg->retry_jitter;
+}
+
+const char *
+outbox_config_flag_key(const char *flag)
+{
+    char name[64];
+    size_t i;
+
+    if (strcmp(flag, "nats") == 0)
+        return "nats_url";
+    for (i = 0; flag[i] != '\0' && i < sizeof(name) - 1; i++)
+        name[i] = flag[i] == '-' ? '_' : flag[i];
+    name[i] = '\0';
+    for (i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].name, name) == 0)
+            return keys[i].name;
+    return NULL;
+}
+
+void
+outbox_config_redact(const char *in, char *out, size_t outlen)
+{
+    const char *scheme = strstr(in, "://");
+    size_t o = 0;
+
+    if (outlen == 0)
+        return;
+    if (scheme != NULL) {
+        /* URI: scheme://user:password@host... */
+        const char *auth = scheme + 3, *at = strchr(auth, '@'), *colon;
+
+        colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        if (colon != NULL)
+            snprintf(out, outlen, "%.*s:****%s", (int)(colon - in), in, at);
+        else
+            snprintf(out, outlen, "%s", in);
+        return;
+    }
+    /* conninfo: key = value pairs; mask password's value */
+    while (*in != '\0' && o + 1 < outlen) {
+        if (strncmp(in, "password", 8) == 0 && (o == 0 || out[o - 1] == ' ')) {
+            const char *p = in + 8;
+
+            while (*p == ' ')
+                p++;
+            if (*p == '=') {
+                p++;
+                while (*p == ' ')
+                    p++;
+                if (*p == '\'') {
+                    for (p++; *p != '\0' && *p != '\''; p++)
+                        if (*p == '\\' && p[1] != '\0')
+                            p++;
+                    if (*p == '\'')
+                        p++;
+                } else {
+                    while (*p != '\0' && *p != ' ')
+                        p++;
+                }
+                o += (size_t)snprintf(out + o, outlen - o, "password=****");
+                if (o >= outlen)
+                    o = outlen - 1;
+                in = p;
+                continue;
+            }
+        }
+        out[o++] = *in++;
+    }
+    out[o] = '\0';
+}
+
+static void
+format_value(const outbox_config_t *cfg, const cfg_key_t *k, char *buf, size_t len)
+{
+    const char *p = (const char *)cfg + k->off;
+    int64_t iv;
+
+    switch (k->type) {
+    case T_STR:
+        if (k->off == OFF(db) || k->off == OFF(nats_url))
+            outbox_config_redact(*(char *const *)p, buf, len);
+        else
+            snprintf(buf, len, "%s", *(char *const *)p);
+        break;
+    case T_INT: snprintf(buf, len, "%lld", (long long)*(const int64_t *)p); break;
+    case T_DUR:
+    case T_DUR_NEVER:
+        iv = *(const int64_t *)p;
+        if (iv < 0)
+            snprintf(buf, len, "never");
+        else if (iv % 86400000 == 0 && iv != 0)
+            snprintf(buf, len, "%lldd", (long long)(iv / 86400000));
+        else if (iv % 3600000 == 0 && iv != 0)
+            snprintf(buf, len, "%lldh", (long long)(iv / 3600000));
+        else if (iv % 60000 == 0 && iv != 0)
+            snprintf(buf, len, "%lldm", (long long)(iv / 60000));
+        else if (iv % 1000 == 0)
+            snprintf(buf, len, "%llds", (long long)(iv / 1000));
+        else
+            snprintf(buf, len, "%lldms", (long long)iv);
+        break;
+    case T_DBL: snprintf(buf, len, "%g", *(const double *)p); break;
+    case T_ENUM: snprintf(buf, len, "%s", k->enums[*(const int64_t *)p]); break;
+    }
+}
+
+void
+outbox_config_dump(const outbox_config_t *cfg, FILE *out)
+{
+    char buf[1024];
+    size_t i;
+
+    for (i = 0; i < NKEYS; i++) {
+        format_value(cfg, &keys[i], buf, sizeof(buf));
+        fprintf(out, "%s = %s\n", keys[i].name, buf);
+    }
+}
+
+void
+outbox_config_usage(FILE *out)
+{
+    char flag[64], env[64];
+    size_t i, j;
+
+    fprintf(out, "Configuration keys (file: key = value; environment: OUTBOX_<KEY>; "
+                 "flag: --<key-with-dashes> VALUE):\n");
+    for (i = 0; i < NKEYS; i++) {
+        for (j = 0; keys[i].name[j] != '\0'; j++) {
+            flag[j] = keys[i].name[j] == '_' ? '-' : keys[i].name[j];
+            env[j] = (char)toupper((unsigned char)keys[i].name[j]);
+        }
+        flag[j] = env[j] = '\0';
+        fprintf(out, "  %-20s %-16s default %-22s %s%s\n      --%s, OUTBOX_%s\n",
+                keys[i].name, keys[i].unit,
+                keys[i].def[0] ? keys[i].def : "(empty)", keys[i].help,
+                keys[i].reloadable ? "" : " [restart]", flag, env);
+    }
+}

@@ -96,6 +96,11 @@ int outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt,
 int outbox_pg_migrate(const outbox_pg_options_t *opt, int *from, int *to, char *err,
                       size_t errlen);
 
+/* The SQL of migration `version` for schema/table (NULL = defaults), for
+ * DBAs who apply migrations themselves. *sql_out is malloc'd; caller frees.
+ * OUTBOX_OK, OUTBOX_ERR_CONFIG (bad name or version), OUTBOX_ERR_NOMEM. */
+int outbox_pg_migration_sql(const char *schema, const char *table, int version, char **sql_out);
+
 /* Quote an identifier for SQL ("a""b"); returns NULL on NOMEM; caller frees. */
 char *outbox_pg_quote_ident(const char *name);
 

@@ -1,0 +1,252 @@
+/*
+ * Configuration: duration parsing, every key's validation, precedence
+ * flags > environment > file > defaults, file errors naming the line, and
+ * password redaction.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "config.h"
+
+static void
+test_durations(void **state)
+{
+    static const struct {
+        const char *in;
+        int never, ok;
+        int64_t ms;
+    } cases[] = {
+        {"250ms", 0, 1, 250}, {"5s", 0, 1, 5000},     {"2m", 0, 1, 120000},
+        {"1h", 0, 1, 3600000}, {"7d", 0, 1, 604800000}, {"1.5s", 0, 1, 1500},
+        {"0", 0, 1, 0},        {"never", 1, 1, -1},     {"forever", 1, 1, -1},
+        {"never", 0, 0, 0},    {"5", 0, 0, 0},          {"5x", 0, 0, 0},
+        {"", 0, 0, 0},         {"-1s", 0, 0, 0},        {"s", 0, 0, 0},
+        {"1e30d", 0, 0, 0},    {"nan", 0, 0, 0},
+    };
+    size_t i;
+    (void)state;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int64_t ms = 12345;
+        int rc = outbox_parse_duration(cases[i].in, cases[i].never, &ms);
+
+        if (cases[i].ok) {
+            assert_int_equal(rc, 0);
+            assert_int_equal(ms, cases[i].ms);
+        } else {
+            assert_int_not_equal(rc, 0);
+        }
+    }
+}
+
+static void
+test_bad_values_name_the_key(void **state)
+{
+    static const struct {
+        const char *key, *value;
+    } bad[] = {
+        {"batch_size", "0"},          {"batch_size", "10001"},       {"batch_size", "ten"},
+        {"batch_size", "5x"},         {"process_interval", "0"},     {"process_interval", "5"},
+        {"lock_check_interval", "-1s"}, {"max_lock_time", "soon"},   {"nats_mode", "both"},
+        {"log_level", "loud"},        {"retry_multiplier", "0.5"},   {"retry_jitter", "2"},
+        {"max_attempts", "-1"},       {"cleanup_batch", "0"},        {"retention", "sometimes"},
+        {"publish_timeout", "0"},
+    };
+    outbox_config_t cfg;
+    char err[512];
+    size_t i;
+    (void)state;
+
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(outbox_config_init(&cfg), OUTBOX_OK);
+        err[0] = '\0';
+        assert_int_equal(outbox_config_set(&cfg, bad[i].key, bad[i].value, err, sizeof(err)),
+                         OUTBOX_ERR_CONFIG);
+        assert_non_null(strstr(err, bad[i].key));
+        outbox_config_free(&cfg);
+    }
+    assert_int_equal(outbox_config_init(&cfg), OUTBOX_OK);
+    assert_int_equal(outbox_config_set(&cfg, "no_such_key", "1", err, sizeof(err)),
+                     OUTBOX_ERR_CONFIG);
+    assert_non_null(strstr(err, "no_such_key"));
+    outbox_config_free(&cfg);
+}
+
+static void
+test_cross_checks(void **state)
+{
+    static const struct {
+        const char *key, *value, *word;
+    } bad[] = {
+        {"retention", "1m", "retention"},
+        {"dead_retention", "1m", "dead_retention"},
+        {"max_lock_time", "15s", "publish_timeout"},
+        {"retry_max", "10ms", "retry_max"},
+        {"nats_url", "", "nats_url"},
+        {"table", "", "table"},
+        {"schema", "", "schema"},
+        {"machine_id", "has space", "machine_id"},
+    };
+    char *k[1], *v[1], err[512];
+    outbox_config_t cfg;
+    size_t i;
+    (void)state;
+
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        k[0] = (char *)bad[i].key;
+        v[0] = (char *)bad[i].value;
+        err[0] = '\0';
+        assert_int_equal(outbox_config_load(&cfg, NULL, k, v, 1, err, sizeof(err)),
+                         OUTBOX_ERR_CONFIG);
+        assert_non_null(strstr(err, bad[i].word));
+    }
+    k[0] = "retention";
+    v[0] = "never";
+    assert_int_equal(outbox_config_load(&cfg, NULL, k, v, 1, err, sizeof(err)), OUTBOX_OK);
+    assert_int_equal(cfg.retention_ms, -1);
+    outbox_config_free(&cfg);
+}
+
+static void
+write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void
+test_precedence(void **state)
+{
+    char path[] = "/tmp/outbox-config-XXXXXX";
+    char *k[1] = {"batch_size"}, *v[1] = {"30"}, err[512];
+    outbox_config_t cfg;
+    int fd = mkstemp(path);
+    (void)state;
+
+    assert_true(fd >= 0);
+    close(fd);
+    write_file(path, "# comment\nbatch_size = 10\nprocess_interval = 2s\n"
+                     "[outboxd]\nlock_check_interval = 30s\ntable = events\n");
+    unsetenv("OUTBOX_BATCH_SIZE");
+    unsetenv("OUTBOX_TABLE");
+    /* defaults < file */
+    assert_int_equal(outbox_config_load(&cfg, path, NULL, NULL, 0, err, sizeof(err)), OUTBOX_OK);
+    assert_int_equal(cfg.batch_size, 10);
+    assert_int_equal(cfg.process_interval_ms, 2000);
+    assert_int_equal(cfg.lock_check_interval_ms, 30000);
+    assert_string_equal(cfg.table, "events");
+    assert_int_equal(cfg.max_attempts, 10); /* default kept */
+    outbox_config_free(&cfg);
+    /* file < environment */
+    setenv("OUTBOX_BATCH_SIZE", "20", 1);
+    setenv("OUTBOX_TABLE", "env_events", 1);
+    assert_int_equal(outbox_config_load(&cfg, path, NULL, NULL, 0, err, sizeof(err)), OUTBOX_OK);
+    assert_int_equal(cfg.batch_size, 20);
+    assert_string_equal(cfg.table, "env_events");
+    outbox_config_free(&cfg);
+    /* environment < flags */
+    assert_int_equal(outbox_config_load(&cfg, path, k, v, 1, err, sizeof(err)), OUTBOX_OK);
+    assert_int_equal(cfg.batch_size, 30);
+    outbox_config_free(&cfg);
+    /* a bad environment value names the variable */
+    setenv("OUTBOX_BATCH_SIZE", "lots", 1);
+    assert_int_equal(outbox_config_load(&cfg, path, NULL, NULL, 0, err, sizeof(err)),
+                     OUTBOX_ERR_CONFIG);
+    assert_non_null(strstr(err, "OUTBOX_BATCH_SIZE"));
+    unsetenv("OUTBOX_BATCH_SIZE");
+    unsetenv("OUTBOX_TABLE");
+    unlink(path);
+}
+
+static void
+test_file_errors_name_the_line(void **state)
+{
+    static const struct {
+        const char *text, *want;
+    } cases[] = {
+        {"batch_size = 10\nbogus = 1\n", ":2: unknown key \"bogus\""},
+        {"batch_size = 10\n\nbatch_size = zero\n", ":3: batch_size"},
+        {"[other]\nbatch_size = 1\n", ":2: unknown section [other]"},
+        {"batch_size 10\n", ":1: syntax error"},
+    };
+    char path[] = "/tmp/outbox-config-XXXXXX", err[512];
+    outbox_config_t cfg;
+    size_t i;
+    int fd = mkstemp(path);
+    (void)state;
+
+    assert_true(fd >= 0);
+    close(fd);
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        write_file(path, cases[i].text);
+        err[0] = '\0';
+        assert_int_equal(outbox_config_load(&cfg, path, NULL, NULL, 0, err, sizeof(err)),
+                         OUTBOX_ERR_CONFIG);
+        if (strstr(err, cases[i].want) == NULL)
+            fail_msg("case %zu: \"%s\" lacks \"%s\"", i, err, cases[i].want);
+    }
+    unlink(path);
+    assert_int_equal(outbox_config_load(&cfg, "/nonexistent/outbox.ini", NULL, NULL, 0, err,
+                                        sizeof(err)),
+                     OUTBOX_ERR_CONFIG);
+    assert_non_null(strstr(err, "/nonexistent/outbox.ini"));
+}
+
+static void
+test_redaction(void **state)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"host=db password=s3cret user=app", "host=db password=**** user=app"},
+        {"password = 'a b\\' c' host=x", "password=**** host=x"},
+        {"postgresql://app:s3cret@db:5432/app", "postgresql://app:****@db:5432/app"},
+        {"postgresql://app@db/app", "postgresql://app@db/app"},
+        {"nats://u:p@127.0.0.1:4222", "nats://u:****@127.0.0.1:4222"},
+        {"host=db user=app", "host=db user=app"},
+    };
+    char out[256];
+    size_t i;
+    (void)state;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        outbox_config_redact(cases[i].in, out, sizeof(out));
+        assert_string_equal(out, cases[i].out);
+    }
+}
+
+static void
+test_flag_names(void **state)
+{
+    (void)state;
+    assert_string_equal(outbox_config_flag_key("db"), "db");
+    assert_string_equal(outbox_config_flag_key("nats"), "nats_url");
+    assert_string_equal(outbox_config_flag_key("nats-mode"), "nats_mode");
+    assert_string_equal(outbox_config_flag_key("batch-size"), "batch_size");
+    assert_null(outbox_config_flag_key("frobnicate"));
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_bad_values_name_the_key),
+        cmocka_unit_test(test_cross_checks),
+        cmocka_unit_test(test_precedence),
+        cmocka_unit_test(test_file_errors_name_the_line),
+        cmocka_unit_test(test_redaction),
+        cmocka_unit_test(test_flag_names),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
