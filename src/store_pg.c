@@ -1,1 +1,697 @@
-/* placeholder: being written */
+/*
+ * The Store on PostgreSQL (libpq). Every operation is one prepared statement
+ * (one round trip) in autocommit; statements are prepared once per
+ * connection and again after a reconnect. A call that finds the connection
+ * bad reconnects first; a call that loses it returns UNREACHABLE and drops
+ * it. Results are read in binary, so bodies arrive as raw bytes.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <uuid/uuid.h>
+
+#include "pg_util.h"
+
+/* Type OIDs (pg_type.dat) for the statements' parameters. */
+#define INT8OID 20
+#define INT4OID 23
+#define TEXTOID 25
+#define JSONBOID 3802
+#define UUIDARRAYOID 2951
+
+/* Microseconds between 1970-01-01 and PostgreSQL's 2000-01-01 epoch. */
+#define PG_EPOCH_US INT64_C(946684800000000)
+
+/* Longest delay/retention we pass to the server; beyond it interval
+ * arithmetic would overflow (about 317 years). */
+#define MAX_MS INT64_C(10000000000000)
+
+#define COLS                                                                                       \
+    "id, seq, topic, msg_key, headers, body, state, attempts, created_on, locked_on, "             \
+    "processed_on, last_attempt_on, locked_by, last_error"
+enum {
+    C_ID,
+    C_SEQ,
+    C_TOPIC,
+    C_KEY,
+    C_HEADERS,
+    C_BODY,
+    C_STATE,
+    C_ATTEMPTS,
+    C_CREATED_ON,
+    C_LOCKED_ON,
+    C_PROCESSED_ON,
+    C_LAST_ATTEMPT_ON,
+    C_LOCKED_BY,
+    C_LAST_ERROR,
+    C_NCOLS
+};
+
+enum { S_CLAIM, S_BY_LOCK, S_DELIVERED, S_MARK, S_STALE, S_UNLOCK, S_PURGE, S_COUNT };
+
+/*
+ * @T@ is the quoted table. The claim locks its rows in a MATERIALIZED CTE
+ * evaluated exactly once: a plain `id IN (SELECT ... LIMIT n FOR UPDATE SKIP
+ * LOCKED)` may be rescanned on the inner side of a nested loop, and each
+ * rescan skips the rows it already locked and locks n new ones.
+ */
+static const struct {
+    const char *name;
+    int nparams;
+    Oid types[3];
+    const char *sql;
+} stmts[S_COUNT] = {
+    [S_CLAIM] = {"outbox_claim",
+                 2,
+                 {TEXTOID, INT4OID},
+                 "WITH c AS MATERIALIZED ("
+                 " SELECT id FROM @T@ WHERE state = 0 AND locked_by IS NULL"
+                 " AND next_attempt_at <= now() ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED),"
+                 " u AS (UPDATE @T@ AS t SET locked_by = $1, locked_on = now() FROM c"
+                 " WHERE t.id = c.id RETURNING t.*)"
+                 " SELECT " COLS " FROM u ORDER BY seq"},
+    [S_BY_LOCK] = {"outbox_by_lock",
+                   1,
+                   {TEXTOID},
+                   "SELECT " COLS " FROM @T@ WHERE locked_by = $1 ORDER BY seq"},
+    /* Fast path when every mark is DELIVERED with one charge. */
+    [S_DELIVERED] = {"outbox_delivered",
+                     2,
+                     {UUIDARRAYOID, INT4OID},
+                     "UPDATE @T@ SET state = 1, processed_on = now(), locked_by = NULL,"
+                     " locked_on = NULL, attempts = attempts + $2, last_attempt_on ="
+                     " CASE WHEN $2 > 0 THEN now() ELSE last_attempt_on END"
+                     " WHERE id = ANY($1) AND state = 0"},
+    /* kind: 0 DELIVERED, 1 RETRY, 2 DEAD, 3 RELEASE (outbox_mark_kind_t). */
+    [S_MARK] = {"outbox_mark",
+                2,
+                {TEXTOID, JSONBOID},
+                "UPDATE @T@ AS t SET"
+                " state = CASE m.kind WHEN 0 THEN 1 WHEN 2 THEN 2 ELSE t.state END,"
+                " processed_on = CASE WHEN m.kind IN (0, 2) THEN now() ELSE t.processed_on END,"
+                " locked_by = NULL, locked_on = NULL,"
+                " attempts = t.attempts + CASE WHEN m.kind = 3 THEN 0 ELSE m.charge END,"
+                " last_attempt_on = CASE WHEN m.kind <> 3 AND m.charge > 0 THEN now()"
+                " ELSE t.last_attempt_on END,"
+                " last_error = CASE WHEN m.kind IN (1, 2) AND m.err IS NOT NULL THEN m.err"
+                " ELSE t.last_error END,"
+                " next_attempt_at = CASE WHEN m.kind = 1 THEN now() + m.delay_ms::float8 *"
+                " interval '1 millisecond' ELSE t.next_attempt_at END"
+                " FROM jsonb_to_recordset($2) AS m(id uuid, kind int, charge int,"
+                " delay_ms bigint, err text)"
+                " WHERE t.id = m.id AND t.state = 0 AND (m.kind = 0 OR t.locked_by = $1)"},
+    /* Only pending rows: a row leaves PENDING through mark, which clears
+     * its lock, and a lock on any other row would not matter. The filter
+     * lets this periodic scan use the pending index. */
+    [S_STALE] = {"outbox_stale",
+                 1,
+                 {INT8OID},
+                 "UPDATE @T@ SET locked_by = NULL, locked_on = NULL WHERE state = 0"
+                 " AND locked_by IS NOT NULL"
+                 " AND locked_on < now() - $1::float8 * interval '1 millisecond'"},
+    [S_UNLOCK] = {"outbox_unlock",
+                  1,
+                  {TEXTOID},
+                  "UPDATE @T@ SET locked_by = NULL, locked_on = NULL WHERE locked_by = $1"},
+    /* A NULL retention keeps that kind: the comparison is never true. The
+     * ids come from an InitPlan evaluated once, so at most $3 rows go. */
+    [S_PURGE] = {"outbox_purge",
+                 3,
+                 {INT8OID, INT8OID, INT4OID},
+                 "DELETE FROM @T@ WHERE state <> 0 AND id = ANY(ARRAY("
+                 "(SELECT id FROM @T@ WHERE state = 1 AND processed_on < now() -"
+                 " $1::float8 * interval '1 millisecond' ORDER BY processed_on LIMIT $3)"
+                 " UNION ALL "
+                 "(SELECT id FROM @T@ WHERE state = 2 AND processed_on < now() -"
+                 " $2::float8 * interval '1 millisecond' ORDER BY processed_on LIMIT $3)"
+                 " LIMIT $3))"},
+};
+
+typedef struct pg_store {
+    outbox_store_t base;
+    PGconn *conn; /* NULL while disconnected */
+    char *conninfo;
+    outbox_pg_names_t names;
+    int statement_timeout_ms;
+    char *sql[S_COUNT];
+} pg_store_t;
+
+static int
+fail(pg_store_t *s, int rc, const char *fmt, const char *arg)
+{
+    snprintf(s->base.err, sizeof(s->base.err), fmt, arg);
+    return rc;
+}
+
+/* tmpl with every @T@ replaced by qt; NULL on NOMEM. */
+static char *
+subst(const char *tmpl, const char *qt)
+{
+    size_t n = 0, len;
+    const char *p;
+    char *out, *o;
+
+    for (p = tmpl; (p = strstr(p, "@T@")) != NULL; p += 3)
+        n++;
+    len = strlen(tmpl) + n * strlen(qt) + 1;
+    if ((out = malloc(len)) == NULL)
+        return NULL;
+    for (o = out, p = tmpl; *p != '\0';) {
+        if (strncmp(p, "@T@", 3) == 0) {
+            o = stpcpy(o, qt);
+            p += 3;
+        } else {
+            *o++ = *p++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+/* Drop a connection that failed; the next call reconnects. */
+static void
+drop(pg_store_t *s)
+{
+    PQfinish(s->conn);
+    s->conn = NULL;
+}
+
+/* Report a failed result in s->base.err and return its status. */
+static int
+failed(pg_store_t *s, const char *what, PGresult *res)
+{
+    int rc = outbox_pg_status(s->conn, res);
+
+    outbox_pg_error(s->base.err, sizeof(s->base.err), what, s->conn, res);
+    PQclear(res);
+    if (rc == OUTBOX_ERR_UNREACHABLE)
+        drop(s);
+    return rc;
+}
+
+/* Connect, set the timeout, check the schema version, prepare. */
+static int
+open_conn(pg_store_t *s)
+{
+    PGresult *res = NULL;
+    char *sql = NULL;
+    char buf[64];
+    int i, rc, version;
+
+    rc = outbox_pg_connect(&s->conn, s->conninfo, s->base.err, sizeof(s->base.err));
+    if (rc != OUTBOX_OK)
+        return rc;
+    if (s->statement_timeout_ms > 0) {
+        snprintf(buf, sizeof(buf), "SET statement_timeout = %d", s->statement_timeout_ms);
+        res = PQexec(s->conn, buf);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            rc = failed(s, "set statement_timeout", res);
+            goto done;
+        }
+        PQclear(res);
+    }
+    if ((sql = subst("SELECT max(version) FROM @T@", s->names.qmigrations)) == NULL) {
+        rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+        goto done;
+    }
+    res = PQexec(s->conn, sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = failed(s, "schema version", res);
+        if (rc == OUTBOX_ERR_SCHEMA)
+            fail(s, rc, "%s is not there: run `outboxd migrate`", s->names.qmigrations);
+        goto done;
+    }
+    version = PQgetisnull(res, 0, 0) ? 0 : atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (version != OUTBOX_SCHEMA_VERSION) {
+        snprintf(s->base.err, sizeof(s->base.err),
+                 "%s is at schema version %d, this build needs %d%s", s->names.qtable, version,
+                 OUTBOX_SCHEMA_VERSION,
+                 version < OUTBOX_SCHEMA_VERSION ? ": run `outboxd migrate`" : "");
+        rc = OUTBOX_ERR_SCHEMA;
+        goto done;
+    }
+    for (i = 0; i < S_COUNT; i++) {
+        res = PQprepare(s->conn, stmts[i].name, s->sql[i], stmts[i].nparams, stmts[i].types);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            rc = failed(s, stmts[i].name, res);
+            goto done;
+        }
+        PQclear(res);
+    }
+    rc = OUTBOX_OK;
+done:
+    free(sql);
+    if (rc != OUTBOX_OK)
+        drop(s);
+    return rc;
+}
+
+/* Run prepared statement st; on success *out holds the result. */
+static int
+exec(pg_store_t *s, int st, const char *const *values, const int *lengths, PGresult **out)
+{
+    PGresult *res;
+    ExecStatusType es;
+    int rc;
+
+    if (s->conn == NULL || PQstatus(s->conn) != CONNECTION_OK) {
+        drop(s);
+        if ((rc = open_conn(s)) != OUTBOX_OK)
+            return rc;
+    }
+    res = PQexecPrepared(s->conn, stmts[st].name, stmts[st].nparams, values, lengths, NULL, 1);
+    es = PQresultStatus(res);
+    if (es != PGRES_TUPLES_OK && es != PGRES_COMMAND_OK)
+        return failed(s, stmts[st].name, res);
+    *out = res;
+    return OUTBOX_OK;
+}
+
+/* Rows affected by a command result; the result is freed. */
+static int64_t
+affected(PGresult *res)
+{
+    int64_t n = strtoll(PQcmdTuples(res), NULL, 10);
+
+    PQclear(res);
+    return n;
+}
+
+static uint64_t
+be(const char *p, int len)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    uint64_t v = 0;
+    int i;
+
+    for (i = 0; i < len; i++)
+        v = (v << 8) | u[i];
+    return v;
+}
+
+static int64_t
+col_time(const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        return 0;
+    return (int64_t)be(PQgetvalue(res, row, col), 8) + PG_EPOCH_US;
+}
+
+static const char *
+col_str(outbox_batch_t *b, const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        return NULL;
+    return outbox_batch_strdup(b, PQgetvalue(res, row, col), (size_t)PQgetlength(res, row, col));
+}
+
+/* Parse jsonb (binary: version byte 1, then text) into the batch. */
+static int
+fill_headers(outbox_batch_t *b, outbox_record_t *r, const char *p, int len)
+{
+    json_t *o = NULL, *v;
+    outbox_header_t *h;
+    const char *name;
+    size_t i = 0;
+    int rc = OUTBOX_ERR_PERMANENT;
+
+    if (len < 1 || p[0] != 1)
+        goto done;
+    o = json_loadb(p + 1, (size_t)len - 1, JSON_REJECT_DUPLICATES, NULL);
+    if (o == NULL || !json_is_object(o))
+        goto done;
+    if (json_object_size(o) == 0) {
+        rc = OUTBOX_OK;
+        goto done;
+    }
+    if ((h = outbox_batch_headers(b, json_object_size(o))) == NULL)
+        goto done;
+    json_object_foreach(o, name, v)
+    {
+        if (!json_is_string(v))
+            goto done;
+        h[i].name = outbox_batch_strdup(b, name, strlen(name));
+        h[i].value = outbox_batch_strdup(b, json_string_value(v), json_string_length(v));
+        if (h[i].name == NULL || h[i].value == NULL)
+            goto done;
+        i++;
+    }
+    r->msg.headers = h;
+    r->msg.nheaders = i;
+    rc = OUTBOX_OK;
+done:
+    json_decref(o);
+    return rc;
+}
+
+/* Copy a result of COLS rows into out: size everything first, reserve once
+ * (so arena pointers never move), then copy. */
+static int
+fill(pg_store_t *s, PGresult *res, outbox_batch_t *out)
+{
+    size_t bytes = 0, nhdrs = 0;
+    int rows = PQntuples(res), i, c, len;
+    const char *p;
+    outbox_record_t *r;
+    uuid_t u;
+
+    if (PQnfields(res) != C_NCOLS)
+        return fail(s, OUTBOX_ERR_SCHEMA, "%s has unexpected columns", s->names.qtable);
+    for (i = 0; i < rows; i++) {
+        bytes += OUTBOX_ID_LEN + 1;
+        for (c = C_TOPIC; c < C_NCOLS; c++)
+            bytes += (size_t)PQgetlength(res, i, c) + 1;
+        /* Decoded names and values (+ NUL) never outgrow their JSON text;
+         * every header needs four quotes. */
+        p = PQgetvalue(res, i, C_HEADERS);
+        len = PQgetlength(res, i, C_HEADERS);
+        for (c = 0; c < len; c++)
+            nhdrs += p[c] == '"';
+    }
+    if (outbox_batch_reserve(out, (size_t)rows, nhdrs / 4, bytes) != OUTBOX_OK)
+        return fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory for a batch");
+    for (i = 0; i < rows; i++) {
+        r = outbox_batch_push(out);
+        if (PQgetlength(res, i, C_ID) != 16 || PQgetlength(res, i, C_SEQ) != 8)
+            return fail(s, OUTBOX_ERR_SCHEMA, "%s has unexpected column types", s->names.qtable);
+        memcpy(u, PQgetvalue(res, i, C_ID), 16);
+        uuid_unparse_lower(u, r->id);
+        r->seq = (int64_t)be(PQgetvalue(res, i, C_SEQ), 8);
+        r->msg.topic = col_str(out, res, i, C_TOPIC);
+        r->msg.key = col_str(out, res, i, C_KEY);
+        if (r->msg.key != NULL && r->msg.key[0] == '\0')
+            r->msg.key = NULL;
+        len = PQgetlength(res, i, C_BODY);
+        r->msg.body = outbox_batch_alloc(out, (size_t)len);
+        if (r->msg.body != NULL)
+            memcpy((void *)r->msg.body, PQgetvalue(res, i, C_BODY), (size_t)len);
+        r->msg.body_len = (size_t)len;
+        r->state = (outbox_state_t)(int16_t)be(PQgetvalue(res, i, C_STATE), 2);
+        r->attempts = (int32_t)be(PQgetvalue(res, i, C_ATTEMPTS), 4);
+        r->created_on = col_time(res, i, C_CREATED_ON);
+        r->locked_on = col_time(res, i, C_LOCKED_ON);
+        r->processed_on = col_time(res, i, C_PROCESSED_ON);
+        r->last_attempt_on = col_time(res, i, C_LAST_ATTEMPT_ON);
+        r->locked_by = col_str(out, res, i, C_LOCKED_BY);
+        r->last_error = col_str(out, res, i, C_LAST_ERROR);
+        if (r->msg.topic == NULL || r->msg.body == NULL ||
+            fill_headers(out, r, PQgetvalue(res, i, C_HEADERS), PQgetlength(res, i, C_HEADERS)) !=
+                OUTBOX_OK)
+            return fail(s, OUTBOX_ERR_PERMANENT, "record %s has unreadable headers", r->id);
+    }
+    return OUTBOX_OK;
+}
+
+static int
+pg_claim(outbox_store_t *base, const char *lock_id, int limit, outbox_batch_t *out)
+{
+    pg_store_t *s = (pg_store_t *)base;
+    PGresult *res = NULL;
+    const char *values[2];
+    char lim[16];
+    int rc;
+
+    outbox_batch_reset(out);
+    if (lock_id == NULL || lock_id[0] == '\0')
+        return fail(s, OUTBOX_ERR_INVALID, "%s", "claim: empty lock id");
+    if (limit <= 0)
+        return OUTBOX_OK;
+    snprintf(lim, sizeof(lim), "%d", limit);
+    values[0] = lock_id;
+    values[1] = lim;
+    if ((rc = exec(s, S_CLAIM, values, NULL, &res)) != OUTBOX_OK)
+        return rc;
+    /* Should the copy fail, the rows stay locked by lock_id until
+     * clear_stale_locks or clear_locks_by_lock_id frees them. */
+    rc = fill(s, res, out);
+    PQclear(res);
+    if (rc != OUTBOX_OK)
+        outbox_batch_reset(out);
+    return rc;
+}
+
+static int
+pg_get_by_lock_id(outbox_store_t *base, const char *lock_id, outbox_batch_t *out)
+{
+    pg_store_t *s = (pg_store_t *)base;
+    PGresult *res = NULL;
+    const char *values[1] = {lock_id};
+    int rc;
+
+    outbox_batch_reset(out);
+    if (lock_id == NULL)
+        return fail(s, OUTBOX_ERR_INVALID, "%s", "get_by_lock_id: NULL lock id");
+    if ((rc = exec(s, S_BY_LOCK, values, NULL, &res)) != OUTBOX_OK)
+        return rc;
+    rc = fill(s, res, out);
+    PQclear(res);
+    if (rc != OUTBOX_OK)
+        outbox_batch_reset(out);
+    return rc;
+}
+
+/* 1 if id is a textual uuid (8-4-4-4-12 hex digits). */
+static int
+id_ok(const char *id)
+{
+    int i;
+
+    if (id == NULL || strlen(id) != OUTBOX_ID_LEN)
+        return 0;
+    for (i = 0; i < OUTBOX_ID_LEN; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (id[i] != '-')
+                return 0;
+        } else if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f') ||
+                     (id[i] >= 'A' && id[i] <= 'F'))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* A JSON string for an error text; bytes that are not UTF-8 become '?'
+ * rather than losing the whole text. */
+static json_t *
+error_string(const char *e)
+{
+    json_t *j;
+    char *copy;
+    size_t i;
+
+    if (e == NULL)
+        return json_null();
+    if ((j = json_string(e)) != NULL)
+        return j;
+    if ((copy = strdup(e)) == NULL)
+        return NULL;
+    for (i = 0; copy[i] != '\0'; i++) {
+        if ((unsigned char)copy[i] >= 0x80)
+            copy[i] = '?';
+    }
+    j = json_string(copy);
+    free(copy);
+    return j;
+}
+
+static int64_t
+clamp_ms(int64_t ms)
+{
+    return ms < 0 ? 0 : ms > MAX_MS ? MAX_MS : ms;
+}
+
+static int
+pg_mark(outbox_store_t *base, const char *lock_id, const outbox_mark_t *marks, size_t n,
+        int64_t *updated)
+{
+    pg_store_t *s = (pg_store_t *)base;
+    PGresult *res = NULL;
+    json_t *arr = NULL, *m;
+    char *text = NULL, *o;
+    const char *values[2];
+    char charge[16];
+    size_t i;
+    int rc, fast = 1;
+
+    if (n == 0) {
+        if (updated != NULL)
+            *updated = 0;
+        return OUTBOX_OK;
+    }
+    if (marks == NULL || lock_id == NULL)
+        return fail(s, OUTBOX_ERR_INVALID, "%s", "mark: NULL marks or lock id");
+    for (i = 0; i < n; i++) {
+        if (!id_ok(marks[i].id))
+            return fail(s, OUTBOX_ERR_INVALID, "mark: \"%.40s\" is not a record id",
+                        marks[i].id != NULL ? marks[i].id : "(null)");
+        if (marks[i].kind < OUTBOX_MARK_DELIVERED || marks[i].kind > OUTBOX_MARK_RELEASE)
+            return fail(s, OUTBOX_ERR_INVALID, "mark: bad kind for %s", marks[i].id);
+        if (marks[i].kind != OUTBOX_MARK_DELIVERED || marks[i].charge != marks[0].charge)
+            fast = 0;
+    }
+    if (fast) {
+        /* {id,id,...}: ids are checked, so no quoting is needed. */
+        if ((text = malloc(n * (OUTBOX_ID_LEN + 1) + 2)) == NULL) {
+            rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+            goto done;
+        }
+        o = text;
+        *o++ = '{';
+        for (i = 0; i < n; i++) {
+            o = stpcpy(o, marks[i].id);
+            *o++ = i + 1 < n ? ',' : '}';
+        }
+        *o = '\0';
+        snprintf(charge, sizeof(charge), "%d", (int)marks[0].charge);
+        values[0] = text;
+        values[1] = charge;
+        rc = exec(s, S_DELIVERED, values, NULL, &res);
+    } else {
+        if ((arr = json_array()) == NULL) {
+            rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+            goto done;
+        }
+        for (i = 0; i < n; i++) {
+            m = json_pack("{s:s, s:i, s:i, s:I, s:o*}", "id", marks[i].id, "kind",
+                          (int)marks[i].kind, "charge", (int)marks[i].charge, "delay_ms",
+                          (json_int_t)clamp_ms(marks[i].retry_delay_ms), "err",
+                          error_string(marks[i].error));
+            if (m == NULL || json_array_append_new(arr, m) != 0) {
+                rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+                goto done;
+            }
+        }
+        if ((text = json_dumps(arr, JSON_COMPACT)) == NULL) {
+            rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+            goto done;
+        }
+        values[0] = lock_id;
+        values[1] = text;
+        rc = exec(s, S_MARK, values, NULL, &res);
+    }
+    if (rc == OUTBOX_OK && updated != NULL)
+        *updated = affected(res);
+done:
+    json_decref(arr);
+    free(text);
+    return rc;
+}
+
+/* Run a statement whose result is a row count. */
+static int
+count_exec(pg_store_t *s, int st, const char *const *values, int64_t *count)
+{
+    PGresult *res = NULL;
+    int rc;
+
+    if ((rc = exec(s, st, values, NULL, &res)) == OUTBOX_OK && count != NULL)
+        *count = affected(res);
+    return rc;
+}
+
+static int
+pg_clear_stale_locks(outbox_store_t *base, int64_t max_lock_ms, int64_t *released)
+{
+    char ms[24];
+    const char *values[1] = {ms};
+
+    snprintf(ms, sizeof(ms), "%lld", (long long)clamp_ms(max_lock_ms));
+    return count_exec((pg_store_t *)base, S_STALE, values, released);
+}
+
+static int
+pg_clear_locks_by_lock_id(outbox_store_t *base, const char *lock_id, int64_t *released)
+{
+    const char *values[1] = {lock_id};
+
+    if (lock_id == NULL)
+        return fail((pg_store_t *)base, OUTBOX_ERR_INVALID, "%s", "clear_locks: NULL lock id");
+    return count_exec((pg_store_t *)base, S_UNLOCK, values, released);
+}
+
+static int
+pg_purge(outbox_store_t *base, int64_t retention_ms, int64_t dead_retention_ms, int limit,
+         int64_t *deleted)
+{
+    char ret[24], dead[24], lim[16];
+    const char *values[3] = {NULL, NULL, lim};
+
+    if (limit <= 0 || (retention_ms < 0 && dead_retention_ms < 0)) {
+        if (deleted != NULL)
+            *deleted = 0;
+        return OUTBOX_OK;
+    }
+    if (retention_ms >= 0) {
+        snprintf(ret, sizeof(ret), "%lld", (long long)clamp_ms(retention_ms));
+        values[0] = ret;
+    }
+    if (dead_retention_ms >= 0) {
+        snprintf(dead, sizeof(dead), "%lld", (long long)clamp_ms(dead_retention_ms));
+        values[1] = dead;
+    }
+    snprintf(lim, sizeof(lim), "%d", limit);
+    return count_exec((pg_store_t *)base, S_PURGE, values, deleted);
+}
+
+static void
+pg_destroy(outbox_store_t *base)
+{
+    pg_store_t *s = (pg_store_t *)base;
+    int i;
+
+    PQfinish(s->conn);
+    free(s->conninfo);
+    outbox_pg_names_free(&s->names);
+    for (i = 0; i < S_COUNT; i++)
+        free(s->sql[i]);
+    free(s);
+}
+
+static const outbox_store_ops_t pg_ops = {
+    pg_claim, pg_get_by_lock_id, pg_mark, pg_clear_stale_locks, pg_clear_locks_by_lock_id,
+    pg_purge, pg_destroy,
+};
+
+int
+outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt, char *err,
+                       size_t errlen)
+{
+    pg_store_t *s;
+    int rc, i;
+
+    if (opt == NULL) {
+        snprintf(err, errlen, "no options");
+        return OUTBOX_ERR_CONFIG;
+    }
+    if ((s = calloc(1, sizeof(*s))) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return OUTBOX_ERR_NOMEM;
+    }
+    s->base.ops = &pg_ops;
+    s->statement_timeout_ms = opt->statement_timeout_ms;
+    rc = outbox_pg_names_init(&s->names, opt->schema, opt->table, s->base.err, sizeof(s->base.err));
+    if (rc != OUTBOX_OK)
+        goto done;
+    if (opt->conninfo != NULL && (s->conninfo = strdup(opt->conninfo)) == NULL) {
+        rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+        goto done;
+    }
+    for (i = 0; i < S_COUNT; i++) {
+        if ((s->sql[i] = subst(stmts[i].sql, s->names.qtable)) == NULL) {
+            rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+            goto done;
+        }
+    }
+    rc = open_conn(s);
+done:
+    if (rc != OUTBOX_OK) {
+        snprintf(err, errlen, "%s", s->base.err);
+        pg_destroy(&s->base);
+        return rc;
+    }
+    *out = &s->base;
+    return OUTBOX_OK;
+}

@@ -57,6 +57,7 @@ typedef struct outbox_store_ops {
                  int64_t *deleted);
     void (*destroy)(outbox_store_t *s);
 } outbox_store_ops_t;
+/* Count out-parameters (updated, released, deleted) may be NULL. */
 
 struct outbox_store {
     const outbox_store_ops_t *ops;

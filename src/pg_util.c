@@ -1,0 +1,223 @@
+/*
+ * Helpers shared by the libpq files: identifier quoting, the relay's
+ * connection defaults, SQLSTATE -> status mapping and one-line error text.
+ * Error text comes from the server or libpq, never from the conninfo, so it
+ * cannot carry a password.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pg_util.h"
+
+char *
+outbox_pg_quote_ident(const char *name)
+{
+    size_t len = 2, i;
+    char *q, *p;
+
+    for (i = 0; name[i] != '\0'; i++)
+        len += name[i] == '"' ? 2 : 1;
+    if ((q = malloc(len + 1)) == NULL)
+        return NULL;
+    p = q;
+    *p++ = '"';
+    for (i = 0; name[i] != '\0'; i++) {
+        if (name[i] == '"')
+            *p++ = '"';
+        *p++ = name[i];
+    }
+    *p++ = '"';
+    *p = '\0';
+    return q;
+}
+
+char *
+outbox_pg_qualify(const char *schema, const char *table, const char *suffix)
+{
+    char *qs = NULL, *qt = NULL, *raw = NULL, *out = NULL;
+    size_t len;
+
+    len = strlen(table) + strlen(suffix) + 1;
+    if ((raw = malloc(len)) == NULL)
+        goto done;
+    snprintf(raw, len, "%s%s", table, suffix);
+    if ((qt = outbox_pg_quote_ident(raw)) == NULL)
+        goto done;
+    if (schema == NULL) {
+        out = qt;
+        qt = NULL;
+        goto done;
+    }
+    if ((qs = outbox_pg_quote_ident(schema)) == NULL)
+        goto done;
+    len = strlen(qs) + strlen(qt) + 2;
+    if ((out = malloc(len)) != NULL)
+        snprintf(out, len, "%s.%s", qs, qt);
+done:
+    free(qs);
+    free(qt);
+    free(raw);
+    return out;
+}
+
+int
+outbox_pg_names_init(outbox_pg_names_t *n, const char *schema, const char *table, char *err,
+                     size_t errlen)
+{
+    memset(n, 0, sizeof(*n));
+    n->schema = schema != NULL ? schema : OUTBOX_PG_DEFAULT_SCHEMA;
+    n->table = table != NULL ? table : OUTBOX_PG_DEFAULT_TABLE;
+    if (n->schema[0] == '\0' || strlen(n->schema) > OUTBOX_PG_SCHEMA_MAX) {
+        snprintf(err, errlen, "schema name must be 1 to %d bytes", OUTBOX_PG_SCHEMA_MAX);
+        return OUTBOX_ERR_CONFIG;
+    }
+    if (n->table[0] == '\0' || strlen(n->table) > OUTBOX_PG_TABLE_MAX) {
+        snprintf(err, errlen, "table name must be 1 to %d bytes", OUTBOX_PG_TABLE_MAX);
+        return OUTBOX_ERR_CONFIG;
+    }
+    n->qschema = outbox_pg_quote_ident(n->schema);
+    n->qtable = outbox_pg_qualify(n->schema, n->table, "");
+    n->qmigrations = outbox_pg_qualify(n->schema, n->table, "_migrations");
+    if (n->qschema == NULL || n->qtable == NULL || n->qmigrations == NULL) {
+        outbox_pg_names_free(n);
+        snprintf(err, errlen, "out of memory");
+        return OUTBOX_ERR_NOMEM;
+    }
+    return OUTBOX_OK;
+}
+
+void
+outbox_pg_names_free(outbox_pg_names_t *n)
+{
+    free(n->qschema);
+    free(n->qtable);
+    free(n->qmigrations);
+    n->qschema = n->qtable = n->qmigrations = NULL;
+}
+
+/* Copy msg into err as one line: whitespace runs become one space. */
+static void
+one_line(char *err, size_t errlen, const char *prefix, const char *msg, const char *sqlstate)
+{
+    size_t o;
+    int space = 0;
+
+    if (err == NULL || errlen == 0)
+        return;
+    o = (size_t)snprintf(err, errlen, "%s: ", prefix);
+    for (; *msg != '\0' && o + 1 < errlen; msg++) {
+        if (*msg == '\n' || *msg == '\r' || *msg == '\t' || *msg == ' ') {
+            space = 1;
+            continue;
+        }
+        if (space && o + 2 < errlen)
+            err[o++] = ' ';
+        space = 0;
+        err[o++] = *msg;
+    }
+    if (o >= errlen)
+        o = errlen - 1;
+    err[o] = '\0';
+    if (sqlstate != NULL && o + 1 < errlen)
+        snprintf(err + o, errlen - o, " (%s)", sqlstate);
+}
+
+/* Notices ("relation already exists, skipping") are not errors; libpq's
+ * default would print them on stderr, out of the daemon's log format. */
+static void
+ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
+int
+outbox_pg_connect(PGconn **out, const char *conninfo, char *err, size_t errlen)
+{
+    /* Defaults come first so that the expanded conninfo (dbname entry)
+     * overrides them; client_encoding comes last because the relay's
+     * strings are UTF-8 whatever the user's environment says. */
+    const char *kw[] = {"connect_timeout",
+                        "keepalives",
+                        "keepalives_idle",
+                        "keepalives_interval",
+                        "keepalives_count",
+                        "fallback_application_name",
+                        "dbname",
+                        "client_encoding",
+                        NULL};
+    const char *val[] = {"10", "1", "10", "5", "3", "outboxd", NULL, "UTF8", NULL};
+    PQconninfoOption *opts;
+    char *perr = NULL;
+    PGconn *c;
+
+    *out = NULL;
+    if (conninfo != NULL && conninfo[0] != '\0') {
+        /* Parse first to tell a typo (config) from a server that is down.
+         * libpq's parse message may quote part of the string, so only a
+         * generic reason is given. */
+        if ((opts = PQconninfoParse(conninfo, &perr)) == NULL) {
+            PQfreemem(perr);
+            snprintf(err, errlen, "conninfo is not a valid libpq connection string or URI");
+            return OUTBOX_ERR_CONFIG;
+        }
+        PQconninfoFree(opts);
+        val[6] = conninfo;
+    }
+    c = PQconnectdbParams(kw, val, 1);
+    if (c == NULL) {
+        snprintf(err, errlen, "connect: out of memory");
+        return OUTBOX_ERR_NOMEM;
+    }
+    if (PQstatus(c) != CONNECTION_OK) {
+        one_line(err, errlen, "connect", PQerrorMessage(c), NULL);
+        PQfinish(c);
+        return OUTBOX_ERR_UNREACHABLE;
+    }
+    PQsetNoticeProcessor(c, ignore_notice, NULL);
+    *out = c;
+    return OUTBOX_OK;
+}
+
+int
+outbox_pg_status(PGconn *conn, const PGresult *res)
+{
+    const char *st;
+
+    if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+        return OUTBOX_ERR_UNREACHABLE;
+    if (res == NULL)
+        return OUTBOX_ERR_NOMEM;
+    st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (st == NULL)
+        return OUTBOX_ERR_PERMANENT;
+    if (strncmp(st, "08", 2) == 0 || strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0 ||
+        strcmp(st, "57P03") == 0)
+        return OUTBOX_ERR_UNREACHABLE;
+    /* Serialization failure, deadlock, lock not available, statement
+     * timeout/cancel; class 53 is the server out of connections, memory or
+     * disk, which passes. */
+    if (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0 || strcmp(st, "55P03") == 0 ||
+        strcmp(st, "57014") == 0 || strncmp(st, "53", 2) == 0)
+        return OUTBOX_ERR_TRANSIENT;
+    if (strcmp(st, "42P01") == 0 || strcmp(st, "42703") == 0)
+        return OUTBOX_ERR_SCHEMA;
+    return OUTBOX_ERR_PERMANENT;
+}
+
+void
+outbox_pg_error(char *err, size_t errlen, const char *what, PGconn *conn, const PGresult *res)
+{
+    const char *msg = NULL, *st = NULL;
+
+    if (res != NULL) {
+        msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    }
+    if (msg == NULL)
+        msg = conn != NULL ? PQerrorMessage(conn) : "no connection";
+    if (msg[0] == '\0')
+        msg = "connection lost";
+    one_line(err, errlen, what, msg, st);
+}

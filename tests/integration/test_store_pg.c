@@ -1,0 +1,858 @@
+/*
+ * The PostgreSQL Store against a real server: migrations, claim (order,
+ * bound under hostile plans, concurrency), mark, lock clearing, purge and a
+ * byte-exact round trip. Each test gets its own database.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <libpq-fe.h>
+
+#include "harness.h"
+#include "outbox/store.h"
+
+typedef struct fx {
+    th_env_t env;
+    char ci[1024];
+    PGconn *c;
+    outbox_store_t *s;
+    outbox_batch_t b;
+} fx_t;
+
+static void
+migrate(const char *ci, const char *schema, const char *table, int want_from)
+{
+    outbox_pg_options_t o = {ci, schema, table, 0};
+    char err[512];
+    int from = -1, to = -1, rc;
+
+    rc = outbox_pg_migrate(&o, &from, &to, err, sizeof(err));
+    if (rc != OUTBOX_OK)
+        fail_msg("migrate: %s", err);
+    assert_int_equal(from, want_from);
+    assert_int_equal(to, OUTBOX_SCHEMA_VERSION);
+}
+
+static outbox_store_t *
+store(const char *ci, const char *schema, const char *table)
+{
+    outbox_pg_options_t o = {ci, schema, table, 5000};
+    outbox_store_t *s = NULL;
+    char err[512];
+
+    if (outbox_pg_store_create(&s, &o, err, sizeof(err)) != OUTBOX_OK)
+        fail_msg("store create: %s", err);
+    return s;
+}
+
+static int
+setup(void **state)
+{
+    fx_t *f = calloc(1, sizeof(*f));
+
+    assert_non_null(f);
+    th_env_load(&f->env);
+    th_db_create(&f->env, "store", f->ci, sizeof(f->ci));
+    migrate(f->ci, NULL, NULL, 0);
+    f->c = th_connect(f->ci);
+    f->s = store(f->ci, NULL, NULL);
+    outbox_batch_init(&f->b);
+    *state = f;
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    fx_t *f = *state;
+
+    outbox_batch_free(&f->b);
+    outbox_store_destroy(f->s);
+    PQfinish(f->c);
+    th_db_drop(&f->env, f->ci);
+    free(f);
+    return 0;
+}
+
+/* n rows with topics t.1..t.n, seq in that order. */
+static void
+enqueue_n(PGconn *c, int n)
+{
+    th_exec(c,
+            "SELECT outbox_enqueue('t.' || g, NULL, '{}', '\\x00') FROM generate_series(1, %d) g",
+            n);
+}
+
+static long long
+seq_of_topic(PGconn *c, int i)
+{
+    return th_query_ll(c, "SELECT seq FROM outbox WHERE topic = 't.%d'", i);
+}
+
+static long long
+server_us(PGconn *c)
+{
+    return th_query_ll(c, "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint");
+}
+
+static void
+test_migrate_idempotent(void **state)
+{
+    fx_t *f = *state;
+
+    /* setup ran it once (from 0); twice more finds nothing to do. */
+    migrate(f->ci, NULL, NULL, 1);
+    migrate(f->ci, NULL, NULL, 1);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox_migrations"), 1);
+    assert_int_equal(th_query_ll(f->c, "SELECT max(version) FROM outbox_migrations"),
+                     OUTBOX_SCHEMA_VERSION);
+    /* The pieces are there: partial pending index, enqueue function. */
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM pg_indexes WHERE tablename = "
+                                       "'outbox' AND indexdef LIKE '%%(seq) WHERE (state = 0)'"),
+                     1);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM pg_indexes WHERE tablename = "
+                                       "'outbox' AND indexdef LIKE '%%locked%%'"),
+                     0);
+}
+
+static void
+test_migrate_odd_names(void **state)
+{
+    fx_t *f = *state;
+    const char *schema = "my \"odd\" schema", *table = "Odd \"Tbl\"; x";
+    outbox_header_t h = {"X-Kind", "odd"};
+    outbox_message_t m = {"odd.subject", "k", &h, 1, "b", 1};
+    outbox_store_t *s;
+    char id[OUTBOX_ID_LEN + 1], err[256];
+    char *sql = NULL;
+
+    migrate(f->ci, schema, table, 0);
+    migrate(f->ci, schema, table, 1);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM \"my \"\"odd\"\" schema\"."
+                                       "\"Odd \"\"Tbl\"\"; x_migrations\""),
+                     1);
+    /* Producer, SQL function and relay all find the quoted table. */
+    th_exec(f->c, "BEGIN");
+    if (outbox_enqueue((struct pg_conn *)f->c, schema, table, &m, id, err, sizeof(err)) !=
+        OUTBOX_OK)
+        fail_msg("enqueue: %s", err);
+    th_exec(f->c, "SELECT \"my \"\"odd\"\" schema\".\"Odd \"\"Tbl\"\"; x_enqueue\"('odd.two', "
+                  "NULL, NULL, '\\x01')");
+    th_exec(f->c, "COMMIT");
+    s = store(f->ci, schema, table);
+    assert_int_equal(outbox_store_claim(s, "odd", 10, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 2);
+    assert_string_equal(f->b.recs[0].id, id);
+    assert_string_equal(f->b.recs[1].msg.topic, "odd.two");
+    outbox_store_destroy(s);
+    /* The default table is another table. */
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox"), 0);
+    /* The printed script is what a DBA would run: it quotes the same way. */
+    assert_int_equal(outbox_pg_migration_sql(schema, table, 1, &sql), OUTBOX_OK);
+    assert_non_null(strstr(sql, "\"my \"\"odd\"\" schema\".\"Odd \"\"Tbl\"\"; x\""));
+    assert_non_null(strstr(sql, "COMMIT;"));
+    free(sql);
+    assert_int_equal(outbox_pg_migration_sql(NULL, NULL, 0, &sql), OUTBOX_ERR_CONFIG);
+    assert_int_equal(outbox_pg_migration_sql(NULL, NULL, OUTBOX_SCHEMA_VERSION + 1, &sql),
+                     OUTBOX_ERR_CONFIG);
+}
+
+static void
+test_migration_script_runs(void **state)
+{
+    fx_t *f = *state;
+    outbox_store_t *s;
+    char *sql = NULL;
+
+    /* --print output applied by hand gives a table the relay accepts. */
+    assert_int_equal(outbox_pg_migration_sql("dba", "by_hand", 1, &sql), OUTBOX_OK);
+    th_exec(f->c, "%s", sql);
+    free(sql);
+    s = store(f->ci, "dba", "by_hand");
+    outbox_store_destroy(s);
+    migrate(f->ci, "dba", "by_hand", 1);
+}
+
+typedef struct mig_arg {
+    const char *ci;
+    const char *table;
+    int rc;
+    char err[512];
+} mig_arg_t;
+
+static void *
+migrate_thread(void *p)
+{
+    mig_arg_t *a = p;
+    outbox_pg_options_t o = {a->ci, "conc", a->table, 0};
+
+    a->rc = outbox_pg_migrate(&o, NULL, NULL, a->err, sizeof(a->err));
+    return NULL;
+}
+
+static void
+test_migrate_concurrent(void **state)
+{
+    fx_t *f = *state;
+    char tables[6][16];
+    mig_arg_t a[6][2];
+    pthread_t t[6][2];
+    int i, j;
+
+    /* Two migrators race on each of six fresh tables (and on the shared
+     * schema "conc", created by whichever comes first). */
+    for (i = 0; i < 6; i++) {
+        snprintf(tables[i], sizeof(tables[i]), "race%d", i);
+        for (j = 0; j < 2; j++) {
+            a[i][j] = (mig_arg_t){f->ci, tables[i], -99, ""};
+            assert_int_equal(pthread_create(&t[i][j], NULL, migrate_thread, &a[i][j]), 0);
+        }
+    }
+    for (i = 0; i < 6; i++) {
+        for (j = 0; j < 2; j++)
+            pthread_join(t[i][j], NULL);
+    }
+    for (i = 0; i < 6; i++) {
+        for (j = 0; j < 2; j++) {
+            if (a[i][j].rc != OUTBOX_OK)
+                fail_msg("migrate %s #%d: %d %s", tables[i], j, a[i][j].rc, a[i][j].err);
+        }
+        assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM conc.race%d_migrations", i), 1);
+    }
+}
+
+static void
+test_create_errors(void **state)
+{
+    fx_t *f = *state;
+    outbox_pg_options_t o = {f->ci, "nowhere", NULL, 0};
+    outbox_store_t *s = NULL;
+    char err[512], ci[1200];
+
+    /* Not migrated. */
+    assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_SCHEMA);
+    assert_non_null(strstr(err, "outboxd migrate"));
+    assert_null(s);
+    /* Migrated by a newer build. */
+    th_exec(f->c, "INSERT INTO outbox_migrations (version, description) VALUES (%d, 'future')",
+            OUTBOX_SCHEMA_VERSION + 1);
+    o.schema = NULL;
+    assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_SCHEMA);
+    th_exec(f->c, "DELETE FROM outbox_migrations WHERE version > %d", OUTBOX_SCHEMA_VERSION);
+    /* Bad names. */
+    o.table = "";
+    assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_CONFIG);
+    o.table = "a_table_name_much_too_long_for_its_derived_names_to_fit";
+    assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_CONFIG);
+    o.table = NULL;
+    /* Nobody listens on port 1; the password never shows in the error. */
+    o.conninfo = "host=127.0.0.1 port=1 user=u password=s3cretpw connect_timeout=2";
+    assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_UNREACHABLE);
+    assert_null(strstr(err, "s3cretpw"));
+    o.conninfo = "postgresql://u:s3cretpw@127.0.0.1:1/db?connect_timeout=2";
+    assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_UNREACHABLE);
+    assert_null(strstr(err, "s3cretpw"));
+    o.conninfo = "host=127.0.0.1 password=s3cretpw bogus";
+    assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_CONFIG);
+    assert_null(strstr(err, "s3cretpw"));
+    /* The user's conninfo wins over the relay's defaults. */
+    snprintf(ci, sizeof(ci), "%s application_name=mine", f->ci);
+    s = store(ci, NULL, NULL);
+    assert_int_equal(th_query_ll(f->c,
+                                 "SELECT count(*) FROM pg_stat_activity WHERE "
+                                 "application_name = 'mine' AND datname = current_database()"),
+                     1);
+    outbox_store_destroy(s);
+}
+
+static void
+test_claim_order_limit_clock(void **state)
+{
+    fx_t *f = *state;
+    long long t0, t1, db_locked;
+    size_t i;
+
+    enqueue_n(f->c, 10);
+    t0 = server_us(f->c);
+    assert_int_equal(outbox_store_claim(f->s, "w1", 3, &f->b), OUTBOX_OK);
+    t1 = server_us(f->c);
+    assert_int_equal(f->b.n, 3);
+    for (i = 0; i < 3; i++) {
+        const outbox_record_t *r = &f->b.recs[i];
+
+        assert_int_equal(r->seq, seq_of_topic(f->c, (int)i + 1));
+        assert_string_equal(r->locked_by, "w1");
+        assert_int_equal(r->state, OUTBOX_STATE_PENDING);
+        /* The lock time is the database's now(), as stored. */
+        assert_true(r->locked_on >= t0 && r->locked_on <= t1);
+        db_locked = th_query_ll(f->c,
+                                "SELECT (extract(epoch FROM locked_on) * 1000000)::bigint "
+                                "FROM outbox WHERE id = '%s' AND locked_by = 'w1'",
+                                r->id);
+        assert_int_equal(r->locked_on, db_locked);
+        assert_true(r->created_on > 0 && r->created_on <= r->locked_on);
+    }
+    /* Next claim continues after the locked rows, oldest first. */
+    assert_int_equal(outbox_store_claim(f->s, "w2", 5, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 5);
+    for (i = 0; i < 5; i++)
+        assert_int_equal(f->b.recs[i].seq, seq_of_topic(f->c, (int)i + 4));
+    assert_int_equal(outbox_store_claim(f->s, "w3", 100, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 2);
+    assert_int_equal(outbox_store_claim(f->s, "w4", 100, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 0);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'w2'"), 5);
+}
+
+static void
+test_claim_skips(void **state)
+{
+    fx_t *f = *state;
+    PGconn *other = th_connect(f->ci);
+
+    enqueue_n(f->c, 7);
+    th_exec(f->c,
+            "UPDATE outbox SET next_attempt_at = now() + interval '1 hour' WHERE topic = 't.1'");
+    th_exec(f->c, "UPDATE outbox SET state = 1, processed_on = now() WHERE topic = 't.2'");
+    th_exec(f->c, "UPDATE outbox SET state = 2, processed_on = now() WHERE topic = 't.3'");
+    th_exec(f->c, "UPDATE outbox SET locked_by = 'else', locked_on = now() WHERE topic = 't.4'");
+    /* Row-locked by an open transaction: skipped, not waited for. */
+    th_exec(other, "BEGIN");
+    th_exec(other, "SELECT 1 FROM outbox WHERE topic = 't.5' FOR UPDATE");
+    assert_int_equal(outbox_store_claim(f->s, "me", 10, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 2);
+    assert_string_equal(f->b.recs[0].msg.topic, "t.6");
+    assert_string_equal(f->b.recs[1].msg.topic, "t.7");
+    th_exec(other, "ROLLBACK");
+    assert_int_equal(outbox_store_claim(f->s, "me", 10, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 1);
+    assert_string_equal(f->b.recs[0].msg.topic, "t.5");
+    /* Due again: claimable. */
+    th_exec(f->c, "UPDATE outbox SET next_attempt_at = now() WHERE topic = 't.1'");
+    assert_int_equal(outbox_store_claim(f->s, "me", 10, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 1);
+    assert_string_equal(f->b.recs[0].msg.topic, "t.1");
+    PQfinish(other);
+}
+
+/* Planner settings under which `id IN (SELECT ... LIMIT n FOR UPDATE SKIP
+ * LOCKED)` becomes a Nested Loop Semi Join whose inner side re-runs the
+ * LIMIT subquery for every outer row; each re-run skips the rows locked so
+ * far and locks n more. */
+static const char *const hostile[] = {"enable_hashjoin", "enable_mergejoin", "enable_material",
+                                      "enable_hashagg",  "enable_memoize",   "enable_sort"};
+
+static void
+test_claim_bound_hostile_plan(void **state)
+{
+    fx_t *f = *state;
+    static const char naive[] =
+        "UPDATE outbox SET locked_by = 'naive', locked_on = now() WHERE id IN ("
+        "SELECT id FROM outbox WHERE state = 0 AND locked_by IS NULL AND next_attempt_at <= now() "
+        "ORDER BY seq LIMIT 5 FOR UPDATE SKIP LOCKED) RETURNING id";
+    char db[128], plan[4096] = "";
+    PGconn *h;
+    PGresult *r;
+    outbox_store_t *s;
+    size_t i;
+    int n, o = 0;
+
+    enqueue_n(f->c, 100);
+    th_exec(f->c, "ANALYZE outbox");
+    r = PQexec(f->c, "SELECT current_database()");
+    snprintf(db, sizeof(db), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    for (i = 0; i < sizeof(hostile) / sizeof(hostile[0]); i++)
+        th_exec(f->c, "ALTER DATABASE \"%s\" SET %s = off", db, hostile[i]);
+
+    /* New sessions get the settings: first the naive statement. */
+    h = th_connect(f->ci);
+    r = PQexec(h, "EXPLAIN (COSTS OFF) UPDATE outbox SET locked_by = 'naive' WHERE id IN ("
+                  "SELECT id FROM outbox WHERE state = 0 AND locked_by IS NULL AND "
+                  "next_attempt_at <= now() ORDER BY seq LIMIT 5 FOR UPDATE SKIP LOCKED)");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    for (n = 0; n < PQntuples(r); n++)
+        o += snprintf(plan + o, sizeof(plan) - (size_t)o, "%s\n", PQgetvalue(r, n, 0));
+    PQclear(r);
+    if (strstr(plan, "Nested Loop Semi Join") == NULL || strstr(plan, "Materialize") != NULL)
+        fail_msg("the hostile settings no longer give the rescanning plan:\n%s", plan);
+    th_exec(h, "BEGIN");
+    r = PQexec(h, naive);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    n = PQntuples(r);
+    PQclear(r);
+    th_exec(h, "ROLLBACK");
+    if (n <= 5)
+        fail_msg("naive claim locked %d rows; expected more than 5 under:\n%s", n, plan);
+    PQfinish(h);
+
+    /* Then ours, in a store connected under the very same settings. */
+    s = store(f->ci, NULL, NULL);
+    assert_int_equal(outbox_store_claim(s, "ours", 5, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 5);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'ours'"), 5);
+    for (i = 0; i < 5; i++)
+        assert_int_equal(f->b.recs[i].seq, seq_of_topic(f->c, (int)i + 1));
+    assert_int_equal(outbox_store_claim(s, "ours2", 7, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 7);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by IS NOT NULL"),
+                     12);
+    outbox_store_destroy(s);
+}
+
+#define CONC_ROWS 300
+
+typedef struct claimer {
+    const char *ci, *lock_id;
+    char (*ids)[OUTBOX_ID_LEN + 1];
+    size_t n;
+    int rc, calls;
+    char err[512];
+} claimer_t;
+
+static void *
+claim_thread(void *p)
+{
+    claimer_t *c = p;
+    outbox_pg_options_t o = {c->ci, NULL, NULL, 5000};
+    outbox_store_t *s = NULL;
+    outbox_batch_t b;
+    size_t i;
+
+    outbox_batch_init(&b);
+    if ((c->rc = outbox_pg_store_create(&s, &o, c->err, sizeof(c->err))) != OUTBOX_OK)
+        return NULL;
+    /* Bounded: at most CONC_ROWS calls. */
+    for (c->calls = 0; c->calls < CONC_ROWS; c->calls++) {
+        if ((c->rc = outbox_store_claim(s, c->lock_id, 7, &b)) != OUTBOX_OK) {
+            snprintf(c->err, sizeof(c->err), "%s", s->err);
+            break;
+        }
+        if (b.n == 0)
+            break;
+        for (i = 0; i < b.n && c->n < CONC_ROWS; i++)
+            memcpy(c->ids[c->n++], b.recs[i].id, OUTBOX_ID_LEN + 1);
+    }
+    outbox_batch_free(&b);
+    outbox_store_destroy(s);
+    return NULL;
+}
+
+static void
+test_concurrent_claims_disjoint(void **state)
+{
+    fx_t *f = *state;
+    static char ids[2][CONC_ROWS][OUTBOX_ID_LEN + 1];
+    claimer_t c[2] = {{f->ci, "A", ids[0], 0, -99, 0, ""}, {f->ci, "B", ids[1], 0, -99, 0, ""}};
+    pthread_t t[2];
+    size_t i, j;
+
+    enqueue_n(f->c, CONC_ROWS);
+    for (i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, claim_thread, &c[i]), 0);
+    for (i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    for (i = 0; i < 2; i++) {
+        if (c[i].rc != OUTBOX_OK)
+            fail_msg("claimer %s: %s", c[i].lock_id, c[i].err);
+    }
+    /* Everything claimed exactly once, and the table agrees who holds what. */
+    assert_int_equal(c[0].n + c[1].n, CONC_ROWS);
+    for (i = 0; i < c[0].n; i++) {
+        for (j = 0; j < c[1].n; j++) {
+            if (strcmp(ids[0][i], ids[1][j]) == 0)
+                fail_msg("record %s claimed by both", ids[0][i]);
+        }
+    }
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'A'"),
+                     (long long)c[0].n);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'B'"),
+                     (long long)c[1].n);
+    print_message("claimer A took %zu in %d calls, B %zu in %d\n", c[0].n, c[0].calls, c[1].n,
+                  c[1].calls);
+}
+
+/* Claims n rows with lock_id and copies their ids. */
+static void
+claim_ids(fx_t *f, const char *lock_id, int n, char ids[][OUTBOX_ID_LEN + 1])
+{
+    int i;
+
+    assert_int_equal(outbox_store_claim(f->s, lock_id, n, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, (size_t)n);
+    for (i = 0; i < n; i++)
+        memcpy(ids[i], f->b.recs[i].id, OUTBOX_ID_LEN + 1);
+}
+
+static void
+test_mark_effects(void **state)
+{
+    fx_t *f = *state;
+    char ids[6][OUTBOX_ID_LEN + 1];
+    outbox_mark_t m[6];
+    int64_t updated = -1;
+
+    enqueue_n(f->c, 6);
+    th_exec(f->c, "UPDATE outbox SET last_error = 'earlier'");
+    claim_ids(f, "w", 6, ids);
+    m[0] = (outbox_mark_t){ids[0], OUTBOX_MARK_DELIVERED, 1, 0, NULL};
+    m[1] = (outbox_mark_t){ids[1], OUTBOX_MARK_RETRY, 1, 60000, "nats: timeout"};
+    m[2] = (outbox_mark_t){ids[2], OUTBOX_MARK_DEAD, 1, 0, "permanent: \"bad\" \xc3\xa9"};
+    m[3] = (outbox_mark_t){ids[3], OUTBOX_MARK_RELEASE, 5, 99999, "ignored"};
+    m[4] = (outbox_mark_t){ids[4], OUTBOX_MARK_RETRY, 0, 0, NULL};
+    m[5] = (outbox_mark_t){ids[5], OUTBOX_MARK_DEAD, 0, 0, NULL};
+    assert_int_equal(outbox_store_mark(f->s, "w", m, 6, &updated), OUTBOX_OK);
+    assert_int_equal(updated, 6);
+    /* One statement: every row changed by the same transaction. */
+    assert_int_equal(th_query_ll(f->c, "SELECT count(DISTINCT xmin::text) FROM outbox"), 1);
+    /* Every lock is cleared. */
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by IS NOT NULL "
+                                       "OR locked_on IS NOT NULL"),
+                     0);
+    /* DELIVERED */
+    assert_int_equal(th_query_ll(f->c,
+                                 "SELECT count(*) FROM outbox WHERE id = '%s' AND state = 1 "
+                                 "AND attempts = 1 AND last_attempt_on IS NOT NULL AND "
+                                 "last_error = 'earlier' AND processed_on IS NOT NULL",
+                                 ids[0]),
+                     1);
+    /* RETRY with charge: backoff about a minute from the DB's now() */
+    assert_int_equal(th_query_ll(f->c,
+                                 "SELECT count(*) FROM outbox WHERE id = '%s' AND state = 0 "
+                                 "AND attempts = 1 AND last_attempt_on IS NOT NULL AND "
+                                 "processed_on IS NULL AND last_error = 'nats: timeout' AND "
+                                 "next_attempt_at - last_attempt_on = interval '60 s'",
+                                 ids[1]),
+                     1);
+    /* DEAD */
+    assert_int_equal(th_query_ll(f->c,
+                                 "SELECT count(*) FROM outbox WHERE id = '%s' AND state = 2 "
+                                 "AND attempts = 1 AND processed_on IS NOT NULL AND "
+                                 "last_error = 'permanent: \"bad\" \xc3\xa9'",
+                                 ids[2]),
+                     1);
+    /* RELEASE changes nothing but the lock. */
+    assert_int_equal(th_query_ll(f->c,
+                                 "SELECT count(*) FROM outbox WHERE id = '%s' AND state = 0 "
+                                 "AND attempts = 0 AND last_attempt_on IS NULL AND "
+                                 "last_error = 'earlier' AND next_attempt_at <= now()",
+                                 ids[3]),
+                     1);
+    /* RETRY with no charge and no error: attempts and last_error kept. */
+    assert_int_equal(th_query_ll(f->c,
+                                 "SELECT count(*) FROM outbox WHERE id = '%s' AND state = 0 "
+                                 "AND attempts = 0 AND last_attempt_on IS NULL AND "
+                                 "last_error = 'earlier'",
+                                 ids[4]),
+                     1);
+    assert_int_equal(th_query_ll(f->c,
+                                 "SELECT count(*) FROM outbox WHERE id = '%s' AND state = 2 "
+                                 "AND attempts = 0 AND last_error = 'earlier'",
+                                 ids[5]),
+                     1);
+    /* The retried row is not due yet, the released one is claimable again. */
+    assert_int_equal(outbox_store_claim(f->s, "w", 10, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 2);
+    assert_string_equal(f->b.recs[0].id, ids[3]);
+    assert_string_equal(f->b.recs[1].id, ids[4]);
+}
+
+static void
+test_mark_delivered_batch(void **state)
+{
+    fx_t *f = *state;
+    char ids[40][OUTBOX_ID_LEN + 1];
+    outbox_mark_t m[40];
+    int64_t updated = -1;
+    int i;
+
+    enqueue_n(f->c, 40);
+    claim_ids(f, "w", 40, ids);
+    for (i = 0; i < 40; i++)
+        m[i] = (outbox_mark_t){ids[i], OUTBOX_MARK_DELIVERED, 1, 0, NULL};
+    assert_int_equal(outbox_store_mark(f->s, "w", m, 40, &updated), OUTBOX_OK);
+    assert_int_equal(updated, 40);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(DISTINCT xmin::text) FROM outbox"), 1);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE state = 1 AND attempts "
+                                       "= 1 AND locked_by IS NULL AND processed_on IS NOT NULL"),
+                     40);
+    /* Again: nothing is pending any more, nothing changes. */
+    assert_int_equal(outbox_store_mark(f->s, "w", m, 40, &updated), OUTBOX_OK);
+    assert_int_equal(updated, 0);
+    /* Zero marks: fine, no statement. */
+    assert_int_equal(outbox_store_mark(f->s, "w", m, 0, &updated), OUTBOX_OK);
+    assert_int_equal(updated, 0);
+    /* A malformed id is refused before anything is sent. */
+    m[3].id = "not-a-uuid";
+    assert_int_equal(outbox_store_mark(f->s, "w", m, 40, &updated), OUTBOX_ERR_INVALID);
+    m[3].id = "'); DROP TABLE outbox; --                  ";
+    assert_int_equal(outbox_store_mark(f->s, "w", m, 40, &updated), OUTBOX_ERR_INVALID);
+}
+
+static void
+test_mark_lock_rules(void **state)
+{
+    fx_t *f = *state;
+    char ids[4][OUTBOX_ID_LEN + 1];
+    outbox_mark_t m[4];
+    int64_t updated = -1;
+
+    enqueue_n(f->c, 4);
+    claim_ids(f, "old", 4, ids);
+    /* The lock went stale and another worker took the rows. */
+    th_exec(f->c, "UPDATE outbox SET locked_by = 'new'");
+    m[0] = (outbox_mark_t){ids[0], OUTBOX_MARK_RETRY, 1, 1000, "x"};
+    m[1] = (outbox_mark_t){ids[1], OUTBOX_MARK_DEAD, 1, 0, "x"};
+    m[2] = (outbox_mark_t){ids[2], OUTBOX_MARK_RELEASE, 0, 0, NULL};
+    assert_int_equal(outbox_store_mark(f->s, "old", m, 3, &updated), OUTBOX_OK);
+    assert_int_equal(updated, 0);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'new' AND "
+                                       "state = 0 AND attempts = 0 AND last_error IS NULL"),
+                     4);
+    /* An acknowledged publish counts whoever holds the row now, also in a
+     * mixed batch (general path). */
+    m[3] = (outbox_mark_t){ids[3], OUTBOX_MARK_DELIVERED, 1, 0, NULL};
+    assert_int_equal(outbox_store_mark(f->s, "old", m, 4, &updated), OUTBOX_OK);
+    assert_int_equal(updated, 1);
+    assert_int_equal(th_query_ll(f->c, "SELECT state FROM outbox WHERE id = '%s'", ids[3]), 1);
+    m[0] = (outbox_mark_t){ids[0], OUTBOX_MARK_DELIVERED, 0, 0, NULL};
+    assert_int_equal(outbox_store_mark(f->s, "old", m, 1, &updated), OUTBOX_OK);
+    assert_int_equal(updated, 1);
+    /* The holder's own failure marks apply. */
+    m[1] = (outbox_mark_t){ids[1], OUTBOX_MARK_DEAD, 1, 0, "x"};
+    assert_int_equal(outbox_store_mark(f->s, "new", &m[1], 1, &updated), OUTBOX_OK);
+    assert_int_equal(updated, 1);
+    /* Nothing changes a row that is no longer pending. */
+    m[1].kind = OUTBOX_MARK_DELIVERED;
+    assert_int_equal(outbox_store_mark(f->s, "new", &m[1], 1, &updated), OUTBOX_OK);
+    assert_int_equal(updated, 0);
+    assert_int_equal(th_query_ll(f->c, "SELECT state FROM outbox WHERE id = '%s'", ids[1]), 2);
+}
+
+static void
+test_get_and_clear_by_lock_id(void **state)
+{
+    fx_t *f = *state;
+    char a[3][OUTBOX_ID_LEN + 1], b[2][OUTBOX_ID_LEN + 1];
+    int64_t released = -1;
+
+    enqueue_n(f->c, 6);
+    claim_ids(f, "A", 3, a);
+    claim_ids(f, "B", 2, b);
+    assert_int_equal(outbox_store_get_by_lock_id(f->s, "B", &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 2);
+    assert_string_equal(f->b.recs[0].id, b[0]);
+    assert_string_equal(f->b.recs[1].id, b[1]);
+    assert_string_equal(f->b.recs[1].locked_by, "B");
+    assert_int_equal(outbox_store_clear_locks_by_lock_id(f->s, "A", &released), OUTBOX_OK);
+    assert_int_equal(released, 3);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by IS NOT NULL"),
+                     2);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'B' AND "
+                                       "locked_on IS NOT NULL"),
+                     2);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by IS NULL AND "
+                                       "locked_on IS NOT NULL"),
+                     0);
+    assert_int_equal(outbox_store_get_by_lock_id(f->s, "A", &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 0);
+    assert_int_equal(outbox_store_clear_locks_by_lock_id(f->s, "nobody", &released), OUTBOX_OK);
+    assert_int_equal(released, 0);
+}
+
+static void
+test_clear_stale_locks(void **state)
+{
+    fx_t *f = *state;
+    char ids[4][OUTBOX_ID_LEN + 1];
+    int64_t released = -1;
+
+    enqueue_n(f->c, 4);
+    claim_ids(f, "w", 4, ids);
+    th_exec(f->c,
+            "UPDATE outbox SET locked_on = now() - interval '10 minutes' WHERE id IN "
+            "('%s', '%s')",
+            ids[0], ids[2]);
+    th_exec(f->c, "UPDATE outbox SET locked_on = now() - interval '4 minutes' WHERE id = '%s'",
+            ids[1]);
+    assert_int_equal(outbox_store_clear_stale_locks(f->s, 5 * 60 * 1000, &released), OUTBOX_OK);
+    assert_int_equal(released, 2);
+    assert_int_equal(th_query_ll(f->c,
+                                 "SELECT count(*) FROM outbox WHERE locked_by IS NULL AND "
+                                 "locked_on IS NULL AND id IN ('%s', '%s')",
+                                 ids[0], ids[2]),
+                     2);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'w'"), 2);
+    assert_int_equal(outbox_store_clear_stale_locks(f->s, 3 * 60 * 1000, &released), OUTBOX_OK);
+    assert_int_equal(released, 1);
+}
+
+static void
+test_purge(void **state)
+{
+    fx_t *f = *state;
+    int64_t deleted = -1;
+
+    enqueue_n(f->c, 12);
+    /* t.1: pending, ancient, locked, even with a processed_on. */
+    th_exec(f->c, "UPDATE outbox SET created_on = now() - interval '10 years', processed_on = "
+                  "now() - interval '10 years', locked_by = 'x', locked_on = now() - interval "
+                  "'9 years' WHERE topic = 't.1'");
+    /* t.2: pending, recent. t.3-t.6 delivered 2 days ago, t.7 an hour ago. */
+    th_exec(f->c, "UPDATE outbox SET state = 1, processed_on = now() - interval '2 days' WHERE "
+                  "topic IN ('t.3', 't.4', 't.5', 't.6')");
+    th_exec(f->c, "UPDATE outbox SET state = 1, processed_on = now() - interval '1 hour' WHERE "
+                  "topic = 't.7'");
+    /* t.8-t.10 dead 10 days ago, t.11 dead 2 days ago, t.12 dead now. */
+    th_exec(f->c, "UPDATE outbox SET state = 2, processed_on = now() - interval '10 days' WHERE "
+                  "topic IN ('t.8', 't.9', 't.10')");
+    th_exec(f->c, "UPDATE outbox SET state = 2, processed_on = now() - interval '2 days' WHERE "
+                  "topic = 't.11'");
+    th_exec(f->c, "UPDATE outbox SET state = 2, processed_on = now() WHERE topic = 't.12'");
+
+    /* Both kinds kept forever: nothing. */
+    assert_int_equal(outbox_store_purge(f->s, -1, -1, 100, &deleted), OUTBOX_OK);
+    assert_int_equal(deleted, 0);
+    /* Delivered only, one day, limit 3 of the 4 old ones. */
+    assert_int_equal(outbox_store_purge(f->s, 86400000, -1, 3, &deleted), OUTBOX_OK);
+    assert_int_equal(deleted, 3);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE state = 1"), 2);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE state = 2"), 5);
+    /* Dead after 5 days, delivered after 1: the 4th old delivered + 3 dead. */
+    assert_int_equal(outbox_store_purge(f->s, 86400000, 5 * 86400000LL, 100, &deleted), OUTBOX_OK);
+    assert_int_equal(deleted, 4);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE state = 1"), 1);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE state = 2"), 2);
+    /* Retention 0: everything finished goes; pending never does. */
+    assert_int_equal(outbox_store_purge(f->s, 0, 0, 100, &deleted), OUTBOX_OK);
+    assert_int_equal(deleted, 3);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox"), 2);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE state = 0 AND topic IN "
+                                       "('t.1', 't.2')"),
+                     2);
+    assert_int_equal(outbox_store_purge(f->s, 0, 0, 100, &deleted), OUTBOX_OK);
+    assert_int_equal(deleted, 0);
+}
+
+static void
+test_roundtrip_bytes(void **state)
+{
+    fx_t *f = *state;
+    unsigned char body[256];
+    outbox_header_t h[3] = {{"Content-Type", "application/octet-stream"},
+                            {"X-Greeting", "caf\xc3\xa9 \xe2\x98\x95 \xe6\x97\xa5\xe6\x9c\xac "
+                                           "\"quoted\" back\\slash \xf0\x9f\x98\x80"},
+                            {"x-spaced", "a  b\tc"}};
+    outbox_message_t m1 = {"bytes.full", "key-\xc3\xa9", h, 3, body, sizeof(body)};
+    outbox_message_t m2 = {"bytes.empty", "", NULL, 0, "", 0};
+    char id1[OUTBOX_ID_LEN + 1], id2[OUTBOX_ID_LEN + 1], err[256];
+    const outbox_record_t *r;
+    size_t i, j;
+    int k;
+
+    for (k = 0; k < 256; k++)
+        body[k] = (unsigned char)(255 - k); /* NUL at the end, and everywhere else */
+    body[3] = 0;
+    th_exec(f->c, "BEGIN");
+    if (outbox_enqueue((struct pg_conn *)f->c, NULL, NULL, &m1, id1, err, sizeof(err)) !=
+            OUTBOX_OK ||
+        outbox_enqueue((struct pg_conn *)f->c, NULL, NULL, &m2, id2, err, sizeof(err)) != OUTBOX_OK)
+        fail_msg("enqueue: %s", err);
+    th_exec(f->c, "COMMIT");
+    for (k = 0; k < 2; k++) {
+        if (k == 0)
+            assert_int_equal(outbox_store_claim(f->s, "rt", 10, &f->b), OUTBOX_OK);
+        else
+            assert_int_equal(outbox_store_get_by_lock_id(f->s, "rt", &f->b), OUTBOX_OK);
+        assert_int_equal(f->b.n, 2);
+        r = &f->b.recs[0];
+        assert_string_equal(r->id, id1);
+        assert_string_equal(r->msg.topic, "bytes.full");
+        assert_string_equal(r->msg.key, "key-\xc3\xa9");
+        assert_int_equal(r->msg.body_len, sizeof(body));
+        assert_memory_equal(r->msg.body, body, sizeof(body));
+        assert_int_equal(r->msg.nheaders, 3);
+        for (i = 0; i < 3; i++) {
+            for (j = 0; j < 3 && strcmp(r->msg.headers[j].name, h[i].name) != 0; j++)
+                ;
+            if (j == 3)
+                fail_msg("header %s lost", h[i].name);
+            assert_string_equal(r->msg.headers[j].value, h[i].value);
+        }
+        assert_int_equal(r->attempts, 0);
+        assert_null(r->last_error);
+        assert_int_equal(r->processed_on, 0);
+        r = &f->b.recs[1];
+        assert_string_equal(r->id, id2);
+        assert_null(r->msg.key);
+        assert_int_equal(r->msg.body_len, 0);
+        assert_non_null(r->msg.body);
+        assert_int_equal(r->msg.nheaders, 0);
+        assert_true(f->b.recs[0].seq < r->seq);
+    }
+    /* The stored row is what the SQL side sees too. */
+    assert_int_equal(th_query_ll(f->c,
+                                 "SELECT count(*) FROM outbox WHERE id = '%s' AND msg_key "
+                                 "IS NULL AND body = ''::bytea AND headers = '{}'",
+                                 id2),
+                     1);
+    assert_int_equal(th_query_ll(f->c, "SELECT length(body) FROM outbox WHERE id = '%s'", id1),
+                     256);
+}
+
+static void
+test_reconnect(void **state)
+{
+    fx_t *f = *state;
+    int rc;
+
+    enqueue_n(f->c, 3);
+    /* Waits (up to 5 s) until the backend is gone. */
+    assert_true(th_query_ll(f->c, "SELECT count(pg_terminate_backend(pid, 5000)) FROM "
+                                  "pg_stat_activity WHERE datname = current_database() AND "
+                                  "application_name = 'outboxd'") >= 1);
+    /* The call that meets the dead connection reports it... */
+    rc = outbox_store_claim(f->s, "w", 1, &f->b);
+    assert_int_equal(rc, OUTBOX_ERR_UNREACHABLE);
+    assert_true(f->s->err[0] != '\0');
+    /* ...and the next one reconnects by itself, prepared statements too. */
+    assert_int_equal(outbox_store_claim(f->s, "w", 1, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 1);
+    /* Schema errors are told apart from the rest. */
+    th_exec(f->c, "ALTER TABLE outbox RENAME TO outbox_gone");
+    rc = outbox_store_claim(f->s, "w", 1, &f->b);
+    assert_int_equal(rc, OUTBOX_ERR_SCHEMA);
+    th_exec(f->c, "ALTER TABLE outbox_gone RENAME TO outbox");
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_migrate_idempotent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_odd_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migration_script_runs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_concurrent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_order_limit_clock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_skips, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_bound_hostile_plan, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_claims_disjoint, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mark_effects, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mark_delivered_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mark_lock_rules, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_get_and_clear_by_lock_id, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_clear_stale_locks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_purge, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roundtrip_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
