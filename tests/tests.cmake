@@ -1,2 +1,9 @@
 # One line per test executable.
 outbox_unit_test(test_dispatcher)
+outbox_integration_test(test_harness)
+outbox_unit_test(test_validate)
+outbox_integration_test(test_broker_nats)
+outbox_unit_test(test_config)
+outbox_integration_test(test_relay_e2e)
+outbox_integration_test(test_store_pg)
+outbox_integration_test(test_enqueue_pg)
