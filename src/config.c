@@ -54,9 +54,9 @@ static const cfg_key_t keys[] = {
      "records claimed and published per batch"},
     {"process_interval", T_DUR, "1s", "duration", 1, DAY, true, OFF(process_interval_ms), NULL,
      "poll period while the outbox is idle"},
-    {"lock_check_interval", T_DUR, "1m", "duration", 1, DAY, true, OFF(lock_check_interval_ms),
+    {"lock_check_interval", T_DUR, "15s", "duration", 1, DAY, true, OFF(lock_check_interval_ms),
      NULL, "how often locks older than max_lock_time are freed"},
-    {"max_lock_time", T_DUR, "5m", "duration", 1, DAY, true, OFF(max_lock_time_ms), NULL,
+    {"max_lock_time", T_DUR, "1m", "duration", 1, DAY, true, OFF(max_lock_time_ms), NULL,
      "a lock older than this is stale (its relay is presumed dead)"},
     {"cleanup_interval", T_DUR, "1h", "duration", 1, DAY, true, OFF(cleanup_interval_ms), NULL,
      "how often retention runs"},
@@ -83,8 +83,6 @@ static const cfg_key_t keys[] = {
      OFF(connect_timeout_ms), NULL, "PostgreSQL and NATS connect time-out"},
     {"statement_timeout", T_DUR, "30s", "duration", 0, 3600 * 1000.0, true,
      OFF(statement_timeout_ms), NULL, "PostgreSQL statement_timeout of the relay (0: none)"},
-    {"drain_timeout", T_DUR, "30s", "duration", 1, 3600 * 1000.0, true, OFF(drain_timeout_ms),
-     NULL, "on SIGTERM, longest wait for the batch in flight before exiting"},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

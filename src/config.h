@@ -41,7 +41,6 @@ typedef struct outbox_config {
     int64_t publish_timeout_ms;
     int64_t connect_timeout_ms;
     int64_t statement_timeout_ms;
-    int64_t drain_timeout_ms;
 } outbox_config_t;
 
 /* Defaults into cfg (which must be zeroed or freed before). NOMEM only. */

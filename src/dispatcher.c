@@ -48,8 +48,8 @@ outbox_dispatcher_settings_default(outbox_dispatcher_settings_t *s)
 {
     memset(s, 0, sizeof(*s));
     s->process_interval_ms = 1000;
-    s->lock_check_interval_ms = 60 * 1000;
-    s->max_lock_time_ms = 5 * 60 * 1000;
+    s->lock_check_interval_ms = 15 * 1000;
+    s->max_lock_time_ms = 60 * 1000;
     s->cleanup_interval_ms = 60 * 60 * 1000;
     s->retention_ms = 24LL * 3600 * 1000;
     s->dead_retention_ms = 30LL * 24 * 3600 * 1000;

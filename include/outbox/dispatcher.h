@@ -38,7 +38,7 @@ typedef struct outbox_dispatcher_settings {
     outbox_retry_policy_t retry;
 } outbox_dispatcher_settings_t;
 
-/* Documented defaults: 1 s, 1 min, 5 min, 1 h, 24 h, 30 d, 500, 10000;
+/* Documented defaults: 1 s, 15 s, 1 min, 1 h, 24 h, 30 d, 500, 10000;
  * retry: 10 attempts, 1 s, x2, 5 min cap, jitter 0.2. */
 void outbox_dispatcher_settings_default(outbox_dispatcher_settings_t *s);
 /* OUTBOX_OK, or OUTBOX_ERR_CONFIG with one line naming the setting. */
