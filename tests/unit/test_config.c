@@ -85,8 +85,8 @@ test_cross_checks(void **state)
     static const struct {
         const char *key, *value, *word;
     } bad[] = {
-        {"retention", "1m", "retention"},
-        {"dead_retention", "1m", "dead_retention"},
+        {"retention", "30s", "retention"},
+        {"dead_retention", "30s", "dead_retention"},
         {"max_lock_time", "15s", "publish_timeout"},
         {"retry_max", "10ms", "retry_max"},
         {"nats_url", "", "nats_url"},
