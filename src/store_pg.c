@@ -572,8 +572,12 @@ pg_mark(outbox_store_t *base, const char *lock_id, const outbox_mark_t *marks, s
         values[1] = text;
         rc = exec(s, S_MARK, values, NULL, &res);
     }
-    if (rc == OUTBOX_OK && updated != NULL)
-        *updated = affected(res);
+    if (rc == OUTBOX_OK) {
+        int64_t rows = affected(res); /* frees res */
+
+        if (updated != NULL)
+            *updated = rows;
+    }
 done:
     json_decref(arr);
     free(text);
@@ -587,8 +591,12 @@ count_exec(pg_store_t *s, int st, const char *const *values, int64_t *count)
     PGresult *res = NULL;
     int rc;
 
-    if ((rc = exec(s, st, values, NULL, &res)) == OUTBOX_OK && count != NULL)
-        *count = affected(res);
+    if ((rc = exec(s, st, values, NULL, &res)) == OUTBOX_OK) {
+        int64_t n = affected(res); /* frees res */
+
+        if (count != NULL)
+            *count = n;
+    }
     return rc;
 }
 
