@@ -39,9 +39,25 @@ struct outbox_dispatcher {
     char (*reasons)[sizeof(((outbox_pub_result_t *)0)->error) + 32];
     size_t cap;
 
+    outbox_dispatcher_observer_fn observe;
+    void *observe_arg;
+
     outbox_dispatcher_counters_t c;
     char err[512];
 };
+
+#define OBSERVE(d, ev, n)                                                                          \
+    do {                                                                                           \
+        if ((d)->observe != NULL)                                                                  \
+            (d)->observe((d)->observe_arg, (ev), (n));                                             \
+    } while (0)
+
+void
+outbox_dispatcher_set_observer(outbox_dispatcher_t *d, outbox_dispatcher_observer_fn fn, void *arg)
+{
+    d->observe = fn;
+    d->observe_arg = arg;
+}
 
 void
 outbox_dispatcher_settings_default(outbox_dispatcher_settings_t *s)
@@ -62,17 +78,16 @@ outbox_dispatcher_settings_default(outbox_dispatcher_settings_t *s)
     s->retry.jitter = 0.2;
 }
 
-#define CHECK(cond, ...)                                                                       \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            snprintf(err, errlen, __VA_ARGS__);                                                \
-            return OUTBOX_ERR_CONFIG;                                                          \
-        }                                                                                      \
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            snprintf(err, errlen, __VA_ARGS__);                                                    \
+            return OUTBOX_ERR_CONFIG;                                                              \
+        }                                                                                          \
     } while (0)
 
 int
-outbox_dispatcher_settings_validate(const outbox_dispatcher_settings_t *s, char *err,
-                                    size_t errlen)
+outbox_dispatcher_settings_validate(const outbox_dispatcher_settings_t *s, char *err, size_t errlen)
 {
     CHECK(s->process_interval_ms > 0, "process_interval must be greater than zero");
     CHECK(s->lock_check_interval_ms > 0, "lock_check_interval must be greater than zero");
@@ -83,8 +98,8 @@ outbox_dispatcher_settings_validate(const outbox_dispatcher_settings_t *s, char 
     CHECK(s->cleanup_batch >= 1 && s->cleanup_batch <= 1000000,
           "cleanup_batch must be between 1 and 1000000 (got %d)", (int)s->cleanup_batch);
     CHECK(s->retention_ms < 0 || s->retention_ms >= s->max_lock_time_ms,
-          "retention (%lld ms) is shorter than max_lock_time (%lld ms)",
-          (long long)s->retention_ms, (long long)s->max_lock_time_ms);
+          "retention (%lld ms) is shorter than max_lock_time (%lld ms)", (long long)s->retention_ms,
+          (long long)s->max_lock_time_ms);
     CHECK(s->dead_retention_ms < 0 || s->dead_retention_ms >= s->max_lock_time_ms,
           "dead_retention (%lld ms) is shorter than max_lock_time (%lld ms)",
           (long long)s->dead_retention_ms, (long long)s->max_lock_time_ms);
@@ -93,15 +108,14 @@ outbox_dispatcher_settings_validate(const outbox_dispatcher_settings_t *s, char 
     CHECK(s->retry.multiplier >= 1.0 && s->retry.multiplier <= 100.0,
           "retry_multiplier must be between 1 and 100");
     CHECK(s->retry.max_ms >= s->retry.initial_ms, "retry_max must be at least retry_initial");
-    CHECK(s->retry.jitter >= 0.0 && s->retry.jitter <= 1.0,
-          "retry_jitter must be between 0 and 1");
+    CHECK(s->retry.jitter >= 0.0 && s->retry.jitter <= 1.0, "retry_jitter must be between 0 and 1");
     return OUTBOX_OK;
 }
 
 int
-outbox_dispatcher_create(outbox_dispatcher_t **out, outbox_store_t *store,
-                         outbox_broker_t *broker, const outbox_dispatcher_settings_t *s,
-                         const char *lock_id, uint64_t seed, char *err, size_t errlen)
+outbox_dispatcher_create(outbox_dispatcher_t **out, outbox_store_t *store, outbox_broker_t *broker,
+                         const outbox_dispatcher_settings_t *s, const char *lock_id, uint64_t seed,
+                         char *err, size_t errlen)
 {
     outbox_dispatcher_t *d;
     int rc;
@@ -261,18 +275,21 @@ apply_marks(outbox_dispatcher_t *d)
 int
 outbox_dispatcher_process(outbox_dispatcher_t *d, size_t *claimed)
 {
-    size_t i;
+    size_t i, n;
     int rc, prc;
 
     if (claimed != NULL)
         *claimed = 0;
     if (d->unmarked) {
+        n = d->batch.n;
         /* Never claim more while published records wait for their marks. */
         if ((rc = apply_marks(d)) != OUTBOX_OK)
             return rc;
+        OBSERVE(d, OUTBOX_EV_MARKED, n);
         d->more = true;
         return OUTBOX_OK;
     }
+    OBSERVE(d, OUTBOX_EV_CLAIM, 0);
     rc = outbox_store_claim(d->store, d->lock_id, d->s.batch_size, &d->batch);
     if (rc != OUTBOX_OK) {
         d->c.db_errors++;
@@ -289,6 +306,7 @@ outbox_dispatcher_process(outbox_dispatcher_t *d, size_t *claimed)
     d->c.claimed += d->batch.n;
     d->c.last_batch_size = d->batch.n;
 
+    OBSERVE(d, OUTBOX_EV_PUBLISH, d->batch.n);
     /* A broker that forgets a result must not turn into a delivery. */
     for (i = 0; i < d->batch.n; i++) {
         d->res[i].status = OUTBOX_PUB_NOT_SENT;
@@ -302,8 +320,10 @@ outbox_dispatcher_process(outbox_dispatcher_t *d, size_t *claimed)
         fail(d, "publish failed", d->broker->err);
     }
     build_marks(d);
+    n = d->batch.n;
     if ((rc = apply_marks(d)) != OUTBOX_OK)
         return rc;
+    OBSERVE(d, OUTBOX_EV_MARKED, n);
     return prc == OUTBOX_OK ? OUTBOX_OK : prc;
 }
 
@@ -330,8 +350,8 @@ outbox_dispatcher_cleanup(outbox_dispatcher_t *d, int64_t *deleted)
     int64_t n = 0;
     int rc;
 
-    rc = outbox_store_purge(d->store, d->s.retention_ms, d->s.dead_retention_ms,
-                            d->s.cleanup_batch, &n);
+    rc = outbox_store_purge(d->store, d->s.retention_ms, d->s.dead_retention_ms, d->s.cleanup_batch,
+                            &n);
     if (rc != OUTBOX_OK) {
         d->c.db_errors++;
         fail(d, "cleanup failed", d->store->err);
@@ -392,8 +412,8 @@ outbox_dispatcher_tick(outbox_dispatcher_t *d, int64_t now, int64_t *wait_ms)
     }
     if (d->run_lock_check && now >= d->next_lock_check) {
         rc = outbox_dispatcher_check_locks(d, NULL);
-        d->next_lock_check = now + (rc == OUTBOX_OK ? d->s.lock_check_interval_ms
-                                                    : error_backoff(d));
+        d->next_lock_check =
+            now + (rc == OUTBOX_OK ? d->s.lock_check_interval_ms : error_backoff(d));
         if (first == OUTBOX_OK)
             first = rc;
     }

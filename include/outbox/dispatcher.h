@@ -19,11 +19,11 @@ extern "C" {
 #endif
 
 typedef struct outbox_retry_policy {
-    int32_t max_attempts;  /* a record is dead once attempts >= this; 0 = unlimited */
-    int64_t initial_ms;    /* delay after the first failure */
-    double multiplier;     /* delay grows by this factor per further failure */
-    int64_t max_ms;        /* delay cap */
-    double jitter;         /* 0..1: delay is scaled by a random factor in [1-j, 1] */
+    int32_t max_attempts; /* a record is dead once attempts >= this; 0 = unlimited */
+    int64_t initial_ms;   /* delay after the first failure */
+    double multiplier;    /* delay grows by this factor per further failure */
+    int64_t max_ms;       /* delay cap */
+    double jitter;        /* 0..1: delay is scaled by a random factor in [1-j, 1] */
 } outbox_retry_policy_t;
 
 typedef struct outbox_dispatcher_settings {
@@ -47,7 +47,7 @@ int outbox_dispatcher_settings_validate(const outbox_dispatcher_settings_t *s, c
 
 /* Monotonic counters; a pass only ever adds to them. */
 typedef struct outbox_dispatcher_counters {
-    uint64_t batches;        /* claims that returned >= 1 record */
+    uint64_t batches; /* claims that returned >= 1 record */
     uint64_t claimed;
     uint64_t delivered;
     uint64_t failed;         /* publish failures charged an attempt */
@@ -77,6 +77,17 @@ void outbox_dispatcher_destroy(outbox_dispatcher_t *d); /* NULL ok */
  * lock check and cleanup in one process only. */
 void outbox_dispatcher_set_jobs(outbox_dispatcher_t *d, bool process, bool lock_check,
                                 bool cleanup);
+
+/* Phases of a process pass, reported to an observer (e.g. live stats). */
+typedef enum outbox_dispatcher_event {
+    OUTBOX_EV_CLAIM = 0, /* a claim is about to be sent; n = 0 */
+    OUTBOX_EV_PUBLISH,   /* n records claimed, about to publish */
+    OUTBOX_EV_MARKED     /* n records' marks written; counters are up to date */
+} outbox_dispatcher_event_t;
+typedef void (*outbox_dispatcher_observer_fn)(void *arg, outbox_dispatcher_event_t ev, size_t n);
+/* Called synchronously from process(); fn NULL removes it. */
+void outbox_dispatcher_set_observer(outbox_dispatcher_t *d, outbox_dispatcher_observer_fn fn,
+                                    void *arg);
 
 /*
  * One process pass: first re-apply marks left over by a store failure, then
