@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "stats.h"
 
 typedef enum { T_STR, T_INT, T_DUR, T_DUR_NEVER, T_DBL, T_ENUM } key_type_t;
 
@@ -46,8 +47,8 @@ static const cfg_key_t keys[] = {
     {"table", T_STR, "outbox", "name", 0, 0, true, OFF(table), NULL, "outbox table name"},
     {"machine_id", T_STR, "", "text", 0, 0, true, OFF(machine_id), NULL,
      "prefix of this relay's lock ids (empty: the host name)"},
-    {"log_level", T_ENUM, "info", "error|warn|info|debug", 0, 0, true, OFF(log_level),
-     log_levels, "least severe level logged"},
+    {"log_level", T_ENUM, "info", "error|warn|info|debug", 0, 0, true, OFF(log_level), log_levels,
+     "least severe level logged"},
     {"log_file", T_STR, "", "path", 0, 0, true, OFF(log_file), NULL,
      "append logs to this file, reopened on SIGUSR1 (empty: stderr)"},
     {"batch_size", T_INT, "500", "records", 1, 10000, true, OFF(batch_size), NULL,
@@ -77,12 +78,28 @@ static const cfg_key_t keys[] = {
      "longest retry delay"},
     {"retry_jitter", T_DBL, "0.2", "fraction", 0, 1, true, OFF(retry_jitter), NULL,
      "retry delays are shortened by a random fraction up to this"},
-    {"publish_timeout", T_DUR, "10s", "duration", 1, 3600 * 1000.0, true,
-     OFF(publish_timeout_ms), NULL, "longest wait for a batch's PubAcks (or core flush)"},
-    {"connect_timeout", T_DUR, "10s", "duration", 1, 3600 * 1000.0, true,
-     OFF(connect_timeout_ms), NULL, "PostgreSQL and NATS connect time-out"},
+    {"publish_timeout", T_DUR, "10s", "duration", 1, 3600 * 1000.0, true, OFF(publish_timeout_ms),
+     NULL, "longest wait for a batch's PubAcks (or core flush)"},
+    {"connect_timeout", T_DUR, "10s", "duration", 1, 3600 * 1000.0, true, OFF(connect_timeout_ms),
+     NULL, "PostgreSQL and NATS connect time-out"},
     {"statement_timeout", T_DUR, "30s", "duration", 0, 3600 * 1000.0, true,
      OFF(statement_timeout_ms), NULL, "PostgreSQL statement_timeout of the relay (0: none)"},
+    {"workers", T_INT, "1", "processes", 1, OUTBOX_STATS_MAX_WORKERS, true, OFF(workers), NULL,
+     "relay worker processes (SIGTTIN/SIGTTOU add or remove one)"},
+    {"instance", T_STR, "", "name", 0, 0, false, OFF(instance), NULL,
+     "names the stats region /outbox-<instance> and the instance lock (empty: the config "
+     "file's name without .conf, else \"default\")"},
+    {"stats_group", T_STR, "", "group", 0, 0, false, OFF(stats_group), NULL,
+     "group allowed to read the stats region (mode 0640; empty: owner only, 0600)"},
+    {"pid_file", T_STR, "", "path", 0, 0, false, OFF(pid_file), NULL,
+     "write the supervisor's pid here (empty: none)"},
+    {"drain_timeout", T_DUR, "30s", "duration", 1, 3600 * 1000.0, true, OFF(drain_timeout_ms), NULL,
+     "on stop, workers still running after this are killed"},
+    {"worker_timeout", T_DUR, "90s", "duration", 1000, DAY, true, OFF(worker_timeout_ms), NULL,
+     "a worker whose heartbeat is older than this is killed and replaced"},
+    {"ready_timeout", T_DUR, "60s", "duration", 1000, DAY, true, OFF(ready_timeout_ms), NULL,
+     "a rolling restart gives up (keeping the old worker) if its replacement is not ready by "
+     "then"},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -160,8 +177,8 @@ set_key(outbox_config_t *cfg, const cfg_key_t *k, const char *value, char *err, 
             return OUTBOX_ERR_CONFIG;
         }
         if ((double)iv < k->min || (double)iv > k->max) {
-            snprintf(err, errlen, "%s: %lld is out of range (%.0f to %.0f)", k->name,
-                     (long long)iv, k->min, k->max);
+            snprintf(err, errlen, "%s: %lld is out of range (%.0f to %.0f)", k->name, (long long)iv,
+                     k->min, k->max);
             return OUTBOX_ERR_CONFIG;
         }
         *(int64_t *)p = iv;
@@ -169,9 +186,8 @@ set_key(outbox_config_t *cfg, const cfg_key_t *k, const char *value, char *err, 
     case T_DUR:
     case T_DUR_NEVER:
         if (outbox_parse_duration(value, k->type == T_DUR_NEVER, &iv) != 0) {
-            snprintf(err, errlen,
-                     "%s: \"%s\" is not a duration (use e.g. 500ms, 5s, 2m, 1h, 7d%s)", k->name,
-                     value, k->type == T_DUR_NEVER ? ", or never" : "");
+            snprintf(err, errlen, "%s: \"%s\" is not a duration (use e.g. 500ms, 5s, 2m, 1h, 7d%s)",
+                     k->name, value, k->type == T_DUR_NEVER ? ", or never" : "");
             return OUTBOX_ERR_CONFIG;
         }
         if (iv >= 0 && ((double)iv < k->min || (double)iv > k->max)) {
@@ -189,8 +205,7 @@ set_key(outbox_config_t *cfg, const cfg_key_t *k, const char *value, char *err, 
             return OUTBOX_ERR_CONFIG;
         }
         if (dv < k->min || dv > k->max) {
-            snprintf(err, errlen, "%s: %g is out of range (%g to %g)", k->name, dv, k->min,
-                     k->max);
+            snprintf(err, errlen, "%s: %g is out of range (%g to %g)", k->name, dv, k->min, k->max);
             return OUTBOX_ERR_CONFIG;
         }
         *(double *)p = dv;
@@ -307,8 +322,8 @@ load_env(outbox_config_t *cfg, char *err, size_t errlen)
 }
 
 int
-outbox_config_load(outbox_config_t *cfg, const char *file, char *const *k, char *const *v,
-                   int nset, char *err, size_t errlen)
+outbox_config_load(outbox_config_t *cfg, const char *file, char *const *k, char *const *v, int nset,
+                   char *err, size_t errlen)
 {
     char why[400];
     int rc, i;
@@ -401,6 +416,27 @@ outbox_config_validate(const outbox_config_t *cfg, char *err, size_t errlen)
             snprintf(err, errlen, "machine_id: only printable characters without spaces");
             return OUTBOX_ERR_CONFIG;
         }
+    }
+    if (cfg->instance[0] != '\0') {
+        char name[OUTBOX_STATS_NAME_MAX + 16];
+
+        if (strlen(cfg->instance) >= OUTBOX_STATS_NAME_MAX ||
+            outbox_stats_shm_name(cfg->instance, name, sizeof(name)) != 0) {
+            snprintf(err, errlen,
+                     "instance: \"%s\" must be 1 to %d characters of A-Z a-z 0-9 . _ -",
+                     cfg->instance, OUTBOX_STATS_NAME_MAX - 1);
+            return OUTBOX_ERR_CONFIG;
+        }
+    }
+    if (cfg->worker_timeout_ms <
+        cfg->publish_timeout_ms + cfg->statement_timeout_ms + cfg->connect_timeout_ms) {
+        snprintf(err, errlen,
+                 "worker_timeout (%lldms) must exceed publish_timeout + statement_timeout + "
+                 "connect_timeout (%lldms): a busy worker would be killed as hung",
+                 (long long)cfg->worker_timeout_ms,
+                 (long long)(cfg->publish_timeout_ms + cfg->statement_timeout_ms +
+                             cfg->connect_timeout_ms));
+        return OUTBOX_ERR_CONFIG;
     }
     outbox_config_dispatcher_settings(cfg, &s);
     if (outbox_dispatcher_settings_validate(&s, err, errlen) != OUTBOX_OK)
@@ -504,14 +540,14 @@ outbox_config_redact(const char *in, char *out, size_t outlen)
 }
 
 static void
-format_value(const outbox_config_t *cfg, const cfg_key_t *k, char *buf, size_t len)
+format_value(const outbox_config_t *cfg, const cfg_key_t *k, bool redact, char *buf, size_t len)
 {
     const char *p = (const char *)cfg + k->off;
     int64_t iv;
 
     switch (k->type) {
     case T_STR:
-        if (k->off == OFF(db) || k->off == OFF(nats_url))
+        if (redact && (k->off == OFF(db) || k->off == OFF(nats_url)))
             outbox_config_redact(*(char *const *)p, buf, len);
         else
             snprintf(buf, len, "%s", *(char *const *)p);
@@ -533,7 +569,7 @@ format_value(const outbox_config_t *cfg, const cfg_key_t *k, char *buf, size_t l
         else
             snprintf(buf, len, "%lldms", (long long)iv);
         break;
-    case T_DBL: snprintf(buf, len, "%g", *(const double *)p); break;
+    case T_DBL: snprintf(buf, len, redact ? "%g" : "%.17g", *(const double *)p); break;
     case T_ENUM: snprintf(buf, len, "%s", k->enums[*(const int64_t *)p]); break;
     }
 }
@@ -545,8 +581,113 @@ outbox_config_dump(const outbox_config_t *cfg, FILE *out)
     size_t i;
 
     for (i = 0; i < NKEYS; i++) {
-        format_value(cfg, &keys[i], buf, sizeof(buf));
+        format_value(cfg, &keys[i], true, buf, sizeof(buf));
         fprintf(out, "%s = %s\n", keys[i].name, buf);
+    }
+}
+
+int
+outbox_config_serialize(const outbox_config_t *cfg, char **out, size_t *len)
+{
+    char *buf = NULL, *tmp;
+    size_t used = 0, cap = 0, i, n, klen;
+    const char *p;
+    char val[64];
+
+    for (i = 0; i < NKEYS; i++) {
+        if (keys[i].type == T_STR) {
+            p = *(char *const *)((const char *)cfg + keys[i].off);
+        } else {
+            format_value(cfg, &keys[i], false, val, sizeof(val));
+            p = val;
+        }
+        klen = strlen(keys[i].name);
+        n = klen + 1 + strlen(p) + 1;
+        if (used + n > cap) {
+            cap = (used + n) * 2;
+            if ((tmp = realloc(buf, cap)) == NULL) {
+                free(buf);
+                return OUTBOX_ERR_NOMEM;
+            }
+            buf = tmp;
+        }
+        memcpy(buf + used, keys[i].name, klen);
+        buf[used + klen] = '=';
+        memcpy(buf + used + klen + 1, p, strlen(p) + 1);
+        used += n;
+    }
+    *out = buf;
+    *len = used;
+    return OUTBOX_OK;
+}
+
+int
+outbox_config_deserialize(outbox_config_t *cfg, const char *buf, size_t len, char *err,
+                          size_t errlen)
+{
+    char key[64], why[400];
+    const char *p = buf, *end = buf + len, *eq, *nul;
+    int rc;
+
+    if ((rc = outbox_config_init(cfg)) != OUTBOX_OK) {
+        snprintf(err, errlen, "out of memory");
+        return rc;
+    }
+    while (p < end) {
+        nul = memchr(p, '\0', (size_t)(end - p));
+        eq = nul ? memchr(p, '=', (size_t)(nul - p)) : NULL;
+        if (eq == NULL || (size_t)(eq - p) >= sizeof(key)) {
+            snprintf(err, errlen, "configuration from the supervisor is malformed");
+            rc = OUTBOX_ERR_CONFIG;
+            goto fail;
+        }
+        memcpy(key, p, (size_t)(eq - p));
+        key[eq - p] = '\0';
+        if ((rc = outbox_config_set(cfg, key, eq + 1, why, sizeof(why))) != OUTBOX_OK) {
+            snprintf(err, errlen, "configuration from the supervisor: %s", why);
+            goto fail;
+        }
+        p = nul + 1;
+    }
+    if ((rc = outbox_config_validate(cfg, err, errlen)) != OUTBOX_OK)
+        goto fail;
+    return OUTBOX_OK;
+fail:
+    outbox_config_free(cfg);
+    return rc;
+}
+
+int
+outbox_config_copy(outbox_config_t *dst, const outbox_config_t *src, char *err, size_t errlen)
+{
+    char *buf;
+    size_t len;
+    int rc;
+
+    if (outbox_config_serialize(src, &buf, &len) != OUTBOX_OK) {
+        snprintf(err, errlen, "out of memory");
+        return OUTBOX_ERR_NOMEM;
+    }
+    rc = outbox_config_deserialize(dst, buf, len, err, errlen);
+    free(buf);
+    return rc;
+}
+
+void
+outbox_config_restart_keys(const outbox_config_t *a, const outbox_config_t *b, char *buf,
+                           size_t len)
+{
+    char va[1024], vb[1024];
+    size_t i, o = 0;
+
+    buf[0] = '\0';
+    for (i = 0; i < NKEYS; i++) {
+        if (keys[i].reloadable)
+            continue;
+        format_value(a, &keys[i], false, va, sizeof(va));
+        format_value(b, &keys[i], false, vb, sizeof(vb));
+        if (strcmp(va, vb) != 0 && o < len)
+            o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? ", " : "", keys[i].name);
     }
 }
 
@@ -564,9 +705,8 @@ outbox_config_usage(FILE *out)
             env[j] = (char)toupper((unsigned char)keys[i].name[j]);
         }
         flag[j] = env[j] = '\0';
-        fprintf(out, "  %-20s %-16s default %-22s %s%s\n      --%s, OUTBOX_%s\n",
-                keys[i].name, keys[i].unit,
-                keys[i].def[0] ? keys[i].def : "(empty)", keys[i].help,
+        fprintf(out, "  %-20s %-16s default %-22s %s%s\n      --%s, OUTBOX_%s\n", keys[i].name,
+                keys[i].unit, keys[i].def[0] ? keys[i].def : "(empty)", keys[i].help,
                 keys[i].reloadable ? "" : " [restart]", flag, env);
     }
 }

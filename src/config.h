@@ -41,6 +41,15 @@ typedef struct outbox_config {
     int64_t publish_timeout_ms;
     int64_t connect_timeout_ms;
     int64_t statement_timeout_ms;
+
+    /* supervisor and worker pool */
+    int64_t workers;
+    char *instance; /* stats region and instance lock name; "" = derived */
+    char *stats_group;
+    char *pid_file;
+    int64_t drain_timeout_ms;
+    int64_t worker_timeout_ms; /* heartbeat older than this: killed and replaced */
+    int64_t ready_timeout_ms;  /* a rolling replacement must be ready within this */
 } outbox_config_t;
 
 /* Defaults into cfg (which must be zeroed or freed before). NOMEM only. */
@@ -68,11 +77,27 @@ int outbox_config_validate(const outbox_config_t *cfg, char *err, size_t errlen)
 const char *outbox_config_flag_key(const char *flag);
 /* Does the key take a value? (all do; kept for flag parsing symmetry) */
 
-void outbox_config_usage(FILE *out);        /* every key: default, unit, env, help */
+void outbox_config_usage(FILE *out); /* every key: default, unit, env, help */
 void outbox_config_dump(const outbox_config_t *cfg, FILE *out); /* effective, secrets masked */
 
-void outbox_config_dispatcher_settings(const outbox_config_t *cfg,
-                                       outbox_dispatcher_settings_t *s);
+void outbox_config_dispatcher_settings(const outbox_config_t *cfg, outbox_dispatcher_settings_t *s);
+
+/*
+ * The effective configuration as "key=value\0" records, unredacted (it
+ * carries the supervisor's validated configuration to a worker it execs).
+ * *out is malloc'd; caller frees. OUTBOX_OK or OUTBOX_ERR_NOMEM.
+ */
+int outbox_config_serialize(const outbox_config_t *cfg, char **out, size_t *len);
+/* Rebuild a configuration from serialize()'s output: defaults, then each
+ * record, then validation. No environment is read. */
+int outbox_config_deserialize(outbox_config_t *cfg, const char *buf, size_t len, char *err,
+                              size_t errlen);
+/* Deep copy (dst must be zeroed or freed before). */
+int outbox_config_copy(outbox_config_t *dst, const outbox_config_t *src, char *err, size_t errlen);
+/* Keys whose change needs a restart and differ between a and b: their names,
+ * comma-separated, into buf ("" if none). */
+void outbox_config_restart_keys(const outbox_config_t *a, const outbox_config_t *b, char *buf,
+                                size_t len);
 
 /* Copy conninfo/URL text with any password replaced by "****". */
 void outbox_config_redact(const char *in, char *out, size_t outlen);

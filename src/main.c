@@ -1,12 +1,16 @@
 /*
- * outboxd: command line and sub-commands (run, migrate, stream, config).
+ * outboxd: command line and sub-commands (run, migrate, stream, config, and
+ * the internal "worker" that the supervisor execs).
  * Exit codes: 0 success; 1 runtime failure; 2 bad configuration or usage
  * (reported before any connection is made).
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -14,6 +18,8 @@
 #include "outbox/broker.h"
 #include "outbox/outbox.h"
 #include "outbox/store.h"
+#include "stats.h"
+#include "supervisor.h"
 #include "worker.h"
 
 #define EXIT_USAGE 2
@@ -27,39 +33,41 @@ typedef struct cli {
     int nset;
     const char *args[MAX_ARGS]; /* positional, args[0] = sub-command */
     int nargs;
-    int print;         /* migrate --print */
-    int json;          /* stream info --json */
+    int print;          /* migrate --print */
+    int json;           /* stream info --json */
     const char *dupwin; /* stream add --duplicate-window */
 } cli_t;
 
 static void
 usage(FILE *out)
 {
-    fprintf(out,
-            "Usage: outboxd [options] COMMAND [args]\n"
-            "\n"
-            "Relays messages committed to a PostgreSQL outbox table to NATS.\n"
-            "\n"
-            "Commands:\n"
-            "  run                      relay until SIGTERM/SIGINT\n"
-            "  migrate [--print]        install or upgrade the outbox schema (--print: show "
-            "the SQL only)\n"
-            "  stream add NAME SUBJECTS [--duplicate-window D]\n"
-            "                           create a JetStream stream (SUBJECTS comma-separated)\n"
-            "  stream info NAME [--json] show a stream's subjects, messages and settings\n"
-            "  config                   validate the configuration and print it (secrets "
-            "masked)\n"
-            "\n"
-            "Options:\n"
-            "  -c, --config FILE        INI configuration file (key = value)\n"
-            "  --db CONNINFO            PostgreSQL conninfo or URI (env OUTBOX_DB)\n"
-            "  --nats URL               NATS URL (env OUTBOX_NATS_URL)\n"
-            "  --nats-mode MODE         jetstream (default) or core\n"
-            "  --KEY VALUE              any configuration key below, '_' written '-'\n"
-            "  -h, --help               this help;  -V, --version  the version\n"
-            "\n"
-            "Precedence: flags > environment > file > defaults.\n"
-            "Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.\n\n");
+    fprintf(out, "Usage: outboxd [options] COMMAND [args]\n"
+                 "\n"
+                 "Relays messages committed to a PostgreSQL outbox table to NATS.\n"
+                 "\n"
+                 "Commands:\n"
+                 "  run                      relay until SIGTERM/SIGINT: a supervisor and its "
+                 "workers\n"
+                 "  migrate [--print]        install or upgrade the outbox schema (--print: show "
+                 "the SQL only)\n"
+                 "  stream add NAME SUBJECTS [--duplicate-window D]\n"
+                 "                           create a JetStream stream (SUBJECTS comma-separated)\n"
+                 "  stream info NAME [--json] show a stream's subjects, messages and settings\n"
+                 "  config                   validate the configuration and print it (secrets "
+                 "masked)\n"
+                 "\n"
+                 "Options:\n"
+                 "  -c, --config FILE        INI configuration file (key = value)\n"
+                 "  --db CONNINFO            PostgreSQL conninfo or URI (env OUTBOX_DB)\n"
+                 "  --nats URL               NATS URL (env OUTBOX_NATS_URL)\n"
+                 "  --nats-mode MODE         jetstream (default) or core\n"
+                 "  --workers N              relay worker processes\n"
+                 "  --instance NAME          instance name (stats region /outbox-NAME)\n"
+                 "  --KEY VALUE              any configuration key below, '_' written '-'\n"
+                 "  -h, --help               this help;  -V, --version  the version\n"
+                 "\n"
+                 "Precedence: flags > environment > file > defaults.\n"
+                 "Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.\n\n");
     outbox_config_usage(out);
 }
 
@@ -163,12 +171,42 @@ reload_cb(outbox_config_t *out, char *err, size_t errlen, void *arg)
                               errlen);
 }
 
+/* "default", or the config file's name without directory and ".conf". */
+static void
+derive_instance(const cli_t *c, const outbox_config_t *cfg, char *buf, size_t len)
+{
+    const char *base, *dot;
+    size_t n, i;
+
+    if (cfg->instance[0] != '\0') {
+        snprintf(buf, len, "%s", cfg->instance);
+        return;
+    }
+    snprintf(buf, len, "default");
+    if (c->config_file == NULL)
+        return;
+    base = strrchr(c->config_file, '/');
+    base = base ? base + 1 : c->config_file;
+    dot = strrchr(base, '.');
+    n = dot && dot != base ? (size_t)(dot - base) : strlen(base);
+    if (n == 0 || n >= len || n >= OUTBOX_STATS_NAME_MAX)
+        return;
+    for (i = 0; i < n; i++) {
+        char ch = base[i];
+
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return;
+    }
+    snprintf(buf, len, "%.*s", (int)n, base);
+}
+
 static int
 cmd_run(const cli_t *c, outbox_config_t *cfg)
 {
-    char host[256], lock_id[160];
-    outbox_worker_spec_t spec;
-    int code;
+    char host[256], instance[OUTBOX_STATS_NAME_MAX], exe[PATH_MAX];
+    outbox_supervisor_spec_t spec;
+    ssize_t n;
 
     if (c->nargs != 1) {
         fprintf(stderr, "outboxd: run takes no arguments\n");
@@ -185,14 +223,108 @@ cmd_run(const cli_t *c, outbox_config_t *cfg)
     } else {
         snprintf(host, sizeof(host), "%s", cfg->machine_id);
     }
-    snprintf(lock_id, sizeof(lock_id), "%s-%d", host, (int)getpid());
+    /* The path, not the inode: after an upgrade, workers exec the new binary. */
+    n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0) {
+        fprintf(stderr, "outboxd: cannot resolve /proc/self/exe: %s\n", strerror(errno));
+        return 1;
+    }
+    exe[n] = '\0';
+    derive_instance(c, cfg, instance, sizeof(instance));
     memset(&spec, 0, sizeof(spec));
+    spec.exe = exe;
     spec.cfg = cfg;
-    spec.lock_id = lock_id;
+    spec.instance = instance;
+    spec.machine_id = host;
     spec.reload = c->config_file != NULL ? reload_cb : NULL;
     spec.reload_arg = (void *)c;
     log_info("outboxd %s starting", OUTBOX_VERSION_STRING);
+    return outbox_supervisor_run(&spec);
+}
+
+/*
+ * outboxd worker --role relay|keeper --instance NAME --slot N --lock-id ID
+ *                --parent PID --config-fd FD [--release-fd FD]
+ * Started by the supervisor only: the configuration comes from its memfd.
+ */
+static int
+cmd_worker(int argc, char **argv)
+{
+    const char *role = NULL, *instance = NULL, *lock_id = NULL;
+    long slot = -1, parent = 0, cfd = -1, rfd = -1;
+    outbox_stats_region_t *r = NULL;
+    outbox_worker_spec_t spec;
+    outbox_config_t cfg;
+    struct stat st;
+    char err[600], *buf = NULL;
+    int i, code;
+
+    for (i = 2; i + 1 < argc; i += 2) {
+        const char *k = argv[i], *v = argv[i + 1];
+
+        if (strcmp(k, "--role") == 0)
+            role = v;
+        else if (strcmp(k, "--instance") == 0)
+            instance = v;
+        else if (strcmp(k, "--lock-id") == 0)
+            lock_id = v;
+        else if (strcmp(k, "--slot") == 0)
+            slot = strtol(v, NULL, 10);
+        else if (strcmp(k, "--parent") == 0)
+            parent = strtol(v, NULL, 10);
+        else if (strcmp(k, "--config-fd") == 0)
+            cfd = strtol(v, NULL, 10);
+        else if (strcmp(k, "--release-fd") == 0)
+            rfd = strtol(v, NULL, 10);
+        else
+            break;
+    }
+    if (i != argc || role == NULL || instance == NULL || lock_id == NULL || slot < 0 ||
+        slot >= OUTBOX_STATS_SLOTS || cfd < 0 ||
+        (strcmp(role, "relay") != 0 && strcmp(role, "keeper") != 0)) {
+        fprintf(stderr, "outboxd: \"worker\" is started by \"outboxd run\" only\n");
+        return EXIT_USAGE;
+    }
+    if (fstat((int)cfd, &st) != 0 || st.st_size <= 0 || st.st_size > 1 << 20 ||
+        (buf = malloc((size_t)st.st_size)) == NULL ||
+        pread((int)cfd, buf, (size_t)st.st_size, 0) != st.st_size) {
+        fprintf(stderr, "outboxd worker: cannot read the configuration from fd %ld\n", cfd);
+        free(buf);
+        return EXIT_USAGE;
+    }
+    close((int)cfd);
+    code = outbox_config_deserialize(&cfg, buf, (size_t)st.st_size, err, sizeof(err));
+    free(buf);
+    if (code != OUTBOX_OK) {
+        fprintf(stderr, "outboxd worker: %s\n", err);
+        return EXIT_USAGE;
+    }
+    if (outbox_log_open((int)cfg.log_level, cfg.log_file, "outboxd") != 0)
+        fprintf(stderr, "outboxd: log_file %s: %s\n", cfg.log_file, strerror(errno));
+    if (outbox_stats_attach(&r, instance, err, sizeof(err)) != 0) {
+        log_error("%s %s refusing to start: %s", role, lock_id, err);
+        outbox_config_free(&cfg);
+        return EXIT_USAGE;
+    }
+    if (strcmp(r->slots[slot].lock_id, lock_id) != 0) {
+        log_error("%s %s refusing to start: stats slot %ld belongs to \"%s\"", role, lock_id, slot,
+                  r->slots[slot].lock_id);
+        outbox_stats_detach(r);
+        outbox_config_free(&cfg);
+        return EXIT_USAGE;
+    }
+    if (rfd >= 0)
+        fcntl((int)rfd, F_SETFL, fcntl((int)rfd, F_GETFL) | O_NONBLOCK);
+    memset(&spec, 0, sizeof(spec));
+    spec.cfg = &cfg;
+    spec.lock_id = lock_id;
+    spec.role = strcmp(role, "keeper") == 0 ? OUTBOX_ROLE_KEEPER : OUTBOX_ROLE_RELAY;
+    spec.slot = &r->slots[slot];
+    spec.parent = (pid_t)parent;
+    spec.release_fd = (int)rfd;
     code = outbox_worker_run(&spec);
+    outbox_stats_detach(r);
+    outbox_config_free(&cfg);
     return code;
 }
 
@@ -228,8 +360,8 @@ cmd_migrate(const cli_t *c, outbox_config_t *cfg)
     if (from == to)
         printf("schema %s, table %s: already at version %d\n", cfg->schema, cfg->table, to);
     else
-        printf("schema %s, table %s: migrated from version %d to %d\n", cfg->schema,
-               cfg->table, from, to);
+        printf("schema %s, table %s: migrated from version %d to %d\n", cfg->schema, cfg->table,
+               from, to);
     return 0;
 }
 
@@ -247,8 +379,7 @@ cmd_stream(const cli_t *c, outbox_config_t *cfg)
 
     if (c->nargs == 4 && strcmp(c->args[1], "add") == 0) {
         if (c->dupwin != NULL && outbox_parse_duration(c->dupwin, false, &dup_ms) != 0) {
-            fprintf(stderr, "outboxd: --duplicate-window: \"%s\" is not a duration\n",
-                    c->dupwin);
+            fprintf(stderr, "outboxd: --duplicate-window: \"%s\" is not a duration\n", c->dupwin);
             return EXIT_USAGE;
         }
         rc = outbox_nats_stream_add(&o, c->args[2], c->args[3], dup_ms, err, sizeof(err));
@@ -275,6 +406,8 @@ main(int argc, char **argv)
     cli_t c;
     int code;
 
+    if (argc > 1 && strcmp(argv[1], "worker") == 0)
+        return cmd_worker(argc, argv);
     if (parse_cli(argc, argv, &c) != 0)
         return EXIT_USAGE;
     if (c.nargs == 0) {

@@ -12,13 +12,14 @@
 #include "signals.h"
 
 static volatile sig_atomic_t pending;
+static volatile sig_atomic_t second_stop_exits = 1;
 static int pipe_fds[2] = {-1, -1};
 
 static const struct {
     int sig;
     int flag;
 } table[] = {
-    {SIGTERM, OUTBOX_SIG_STOP},   {SIGINT, OUTBOX_SIG_STOP},    {SIGHUP, OUTBOX_SIG_RELOAD},
+    {SIGTERM, OUTBOX_SIG_STOP},   {SIGINT, OUTBOX_SIG_STOP},     {SIGHUP, OUTBOX_SIG_RELOAD},
     {SIGUSR1, OUTBOX_SIG_REOPEN}, {SIGUSR2, OUTBOX_SIG_RESTART}, {SIGTTIN, OUTBOX_SIG_MORE},
     {SIGTTOU, OUTBOX_SIG_FEWER},  {SIGCHLD, OUTBOX_SIG_CHILD},
 };
@@ -32,8 +33,11 @@ handler(int sig)
     for (i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
         if (table[i].sig != sig)
             continue;
-        if (table[i].flag == OUTBOX_SIG_STOP && (pending & OUTBOX_SIG_STOP))
-            _exit(1); /* second stop signal: stop at once */
+        if (table[i].flag == OUTBOX_SIG_STOP && (pending & OUTBOX_SIG_STOP)) {
+            if (second_stop_exits)
+                _exit(1); /* second stop signal: stop at once */
+            pending |= OUTBOX_SIG_STOP_AGAIN;
+        }
         pending |= table[i].flag;
     }
     if (pipe_fds[1] >= 0)
@@ -69,6 +73,12 @@ outbox_signals_install(void)
     }
     signal(SIGPIPE, SIG_IGN);
     return 0;
+}
+
+void
+outbox_signals_second_stop_exits(int yes)
+{
+    second_stop_exits = yes != 0;
 }
 
 int

@@ -1,16 +1,19 @@
 /*
  * The worker loop: connect (with backoff), tick the dispatcher, sleep in
- * poll() on the signal pipe until the next job is due. On stop the batch in
- * flight finishes (each pass is bounded by publish_timeout and
+ * poll() on the signal pipe (and, for the keeper, the release pipe) until
+ * the next job is due, never longer than a heartbeat period. On stop the
+ * batch in flight finishes (bounded by publish_timeout and
  * statement_timeout), every lock this worker holds is released, and the
  * connections are closed. Errors are logged when they change, not per pass.
  */
+#include <errno.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "outbox/broker.h"
@@ -22,18 +25,27 @@
 #define CONNECT_BACKOFF_MIN_MS 250
 #define CONNECT_BACKOFF_MAX_MS 15000
 #define REPEAT_LOG_MS 30000
+#define HEARTBEAT_MS 1000
+#define RELEASE_BUF 8192
 
 typedef struct worker {
     const outbox_worker_spec_t *spec;
-    outbox_config_t cfg; /* own copy after a reload; else a shallow copy */
-    bool cfg_owned;
+    outbox_config_t cfg; /* shallow copy of spec->cfg */
     outbox_store_t *store;
     outbox_broker_t *broker;
     outbox_dispatcher_t *d;
+    outbox_stats_slot_t *slot;
     int64_t backoff_ms;
+    int64_t claim_started_ms;
+    uint64_t reconnects, releases_freed;
+    bool connected_once, ready;
     char last_err[600];
     int64_t last_err_at;
     bool stop;
+    /* keeper: release requests read but not yet applied */
+    char rbuf[RELEASE_BUF];
+    size_t rlen;
+    bool release_eof;
 } worker_t;
 
 static int64_t
@@ -69,11 +81,68 @@ recovered(worker_t *w)
     }
 }
 
+/* Publish the dispatcher's totals into the stats slot. */
+static void
+publish_counters(worker_t *w)
+{
+    uint64_t v[OUTBOX_STATS_NCOUNTERS];
+    const outbox_dispatcher_counters_t *c;
+
+    if (w->slot == NULL || w->d == NULL)
+        return;
+    c = outbox_dispatcher_counters(w->d);
+    memset(v, 0, sizeof(v));
+    v[OUTBOX_STAT_BATCHES] = c->batches;
+    v[OUTBOX_STAT_CLAIMED] = c->claimed;
+    v[OUTBOX_STAT_DELIVERED] = c->delivered;
+    v[OUTBOX_STAT_FAILED] = c->failed;
+    v[OUTBOX_STAT_RETRIED] = c->retried;
+    v[OUTBOX_STAT_DEAD] = c->dead;
+    v[OUTBOX_STAT_RELEASED] = c->released;
+    v[OUTBOX_STAT_DUPLICATES] = c->duplicates;
+    v[OUTBOX_STAT_PUBLISH_ERRORS] = c->publish_errors;
+    v[OUTBOX_STAT_DB_ERRORS] = c->db_errors;
+    v[OUTBOX_STAT_RECONNECTS] = w->reconnects;
+    v[OUTBOX_STAT_BYTES] = c->bytes;
+    v[OUTBOX_STAT_LOCKS_FREED] = c->locks_freed + w->releases_freed;
+    v[OUTBOX_STAT_PURGED] = c->purged;
+    outbox_stats_set_counters(w->slot, v);
+}
+
+static void
+set_state(worker_t *w, unsigned st)
+{
+    if (w->slot != NULL)
+        outbox_stats_set_state(w->slot, st);
+}
+
+static void
+observe(void *arg, outbox_dispatcher_event_t ev, size_t n)
+{
+    worker_t *w = arg;
+
+    switch (ev) {
+    case OUTBOX_EV_CLAIM:
+        w->claim_started_ms = now_ms();
+        set_state(w, OUTBOX_WS_CLAIMING);
+        break;
+    case OUTBOX_EV_PUBLISH: set_state(w, OUTBOX_WS_PUBLISHING); break;
+    case OUTBOX_EV_MARKED:
+        /* Right after the marks commit, so a kill -9 loses next to nothing. */
+        publish_counters(w);
+        if (w->slot != NULL && n > 0)
+            outbox_stats_batch(w->slot, n, (uint64_t)(now_ms() - w->claim_started_ms) * 1000);
+        set_state(w, OUTBOX_WS_IDLE);
+        break;
+    }
+}
+
 static int
 connect_all(worker_t *w)
 {
     char err[512];
     int rc;
+    bool relay = w->spec->role == OUTBOX_ROLE_RELAY;
 
     if (w->store == NULL) {
         outbox_pg_options_t o = {
@@ -97,8 +166,10 @@ connect_all(worker_t *w)
             report(w, "connecting to PostgreSQL failed", err);
             return -1;
         }
+        if (w->connected_once)
+            w->reconnects++;
     }
-    if (w->broker == NULL) {
+    if (relay && w->broker == NULL) {
         outbox_nats_options_t o = {
             .url = w->cfg.nats_url,
             .mode = (outbox_nats_mode_t)w->cfg.nats_mode,
@@ -120,23 +191,34 @@ connect_all(worker_t *w)
             report(w, "connecting to NATS failed", err);
             return -1;
         }
+        if (w->connected_once)
+            w->reconnects++;
     }
     if (w->d == NULL) {
         outbox_dispatcher_settings_t s;
 
         outbox_config_dispatcher_settings(&w->cfg, &s);
         err[0] = '\0';
-        rc = outbox_dispatcher_create(&w->d, w->store, w->broker, &s, w->spec->lock_id,
-                                      (uint64_t)now_ms() ^ (uint64_t)(uintptr_t)w, err,
-                                      sizeof(err));
+        rc =
+            outbox_dispatcher_create(&w->d, w->store, w->broker, &s, w->spec->lock_id,
+                                     (uint64_t)now_ms() ^ (uint64_t)(uintptr_t)w, err, sizeof(err));
         if (rc != OUTBOX_OK) {
             log_error("dispatcher: %s", err);
             return rc == OUTBOX_ERR_CONFIG ? 2 : 1;
         }
-        log_info("relaying %s.%s to NATS (%s mode), lock id %s, batch %lld", w->cfg.schema,
-                 w->cfg.table, w->cfg.nats_mode == OUTBOX_NATS_CORE ? "core" : "jetstream",
-                 w->spec->lock_id, (long long)w->cfg.batch_size);
+        /* Lock check and retention run in the keeper only. */
+        outbox_dispatcher_set_jobs(w->d, relay, !relay, !relay);
+        outbox_dispatcher_set_observer(w->d, observe, w);
+        if (relay)
+            log_info("relaying %s.%s to NATS (%s mode), lock id %s, batch %lld", w->cfg.schema,
+                     w->cfg.table, w->cfg.nats_mode == OUTBOX_NATS_CORE ? "core" : "jetstream",
+                     w->spec->lock_id, (long long)w->cfg.batch_size);
+        else
+            log_info("keeper for %s.%s: lock check every %llds, retention every %llds",
+                     w->cfg.schema, w->cfg.table, (long long)(w->cfg.lock_check_interval_ms / 1000),
+                     (long long)(w->cfg.cleanup_interval_ms / 1000));
     }
+    w->connected_once = true;
     return 0;
 }
 
@@ -144,7 +226,8 @@ static void
 teardown(worker_t *w)
 {
     if (w->d != NULL) {
-        if (outbox_dispatcher_release(w->d) != OUTBOX_OK)
+        publish_counters(w);
+        if (w->spec->role == OUTBOX_ROLE_RELAY && outbox_dispatcher_release(w->d) != OUTBOX_OK)
             log_warn("could not release locks of %s (they expire after max_lock_time): %s",
                      w->spec->lock_id, outbox_dispatcher_last_error(w->d));
         outbox_dispatcher_destroy(w->d);
@@ -156,95 +239,153 @@ teardown(worker_t *w)
     w->store = NULL;
 }
 
+/* Keeper: read release requests; apply each complete line in order. A
+ * request whose statement fails stays queued for the next pass. */
 static void
-reload(worker_t *w)
+apply_releases(worker_t *w)
 {
-    outbox_config_t n;
-    char err[512];
+    char *nl, *sp;
+    ssize_t n;
+    int64_t freed;
 
-    if (w->spec->reload == NULL) {
-        log_info("SIGHUP: no configuration file to re-read; logs reopened");
-        outbox_log_reopen();
+    if (w->spec->release_fd < 0)
         return;
+    while (!w->release_eof && w->rlen < sizeof(w->rbuf)) {
+        n = read(w->spec->release_fd, w->rbuf + w->rlen, sizeof(w->rbuf) - w->rlen);
+        if (n > 0) {
+            w->rlen += (size_t)n;
+            continue;
+        }
+        if (n == 0)
+            w->release_eof = true;
+        else if (errno != EAGAIN && errno != EINTR)
+            log_warn("reading lock-release requests failed: %s", strerror(errno));
+        break;
     }
-    if (w->spec->reload(&n, err, sizeof(err), w->spec->reload_arg) != OUTBOX_OK) {
-        log_error("reload rejected, keeping the running configuration: %s", err);
-        return;
+    while (w->store != NULL && (nl = memchr(w->rbuf, '\n', w->rlen)) != NULL) {
+        uint64_t seq;
+
+        *nl = '\0';
+        sp = strchr(w->rbuf, ' ');
+        if (sp != NULL) {
+            seq = strtoull(w->rbuf, NULL, 10);
+            freed = 0;
+            if (outbox_store_clear_locks_by_lock_id(w->store, sp + 1, &freed) != OUTBOX_OK) {
+                *nl = '\n';
+                report(w, "releasing the locks of a dead worker failed", w->store->err);
+                return;
+            }
+            if (freed > 0)
+                log_info("released %lld records still locked by %s", (long long)freed, sp + 1);
+            w->releases_freed += (uint64_t)freed;
+            if (w->slot != NULL)
+                atomic_store_explicit(&w->slot->release_acked, seq, memory_order_release);
+        }
+        w->rlen -= (size_t)(nl + 1 - w->rbuf);
+        memmove(w->rbuf, nl + 1, w->rlen);
     }
-    teardown(w);
-    if (w->cfg_owned)
-        outbox_config_free(&w->cfg);
-    w->cfg = n;
-    w->cfg_owned = true;
-    outbox_log_set_level((int)w->cfg.log_level);
-    if (outbox_log_open((int)w->cfg.log_level, w->cfg.log_file, NULL) != 0)
-        log_error("log file %s: cannot open, logging to stderr", w->cfg.log_file);
-    log_info("configuration reloaded");
+    if (w->rlen == sizeof(w->rbuf))
+        w->rlen = 0; /* a line longer than the buffer: not ours, drop it */
 }
 
 /* Sleep until timeout or a signal; handle what arrived. */
 static void
 wait_and_handle(worker_t *w, int64_t timeout_ms)
 {
-    struct pollfd pfd = {.fd = outbox_signals_fd(), .events = POLLIN};
+    struct pollfd pfd[2] = {{.fd = outbox_signals_fd(), .events = POLLIN},
+                            {.fd = w->release_eof ? -1 : w->spec->release_fd, .events = POLLIN}};
     int flags;
 
+    if (timeout_ms > HEARTBEAT_MS)
+        timeout_ms = HEARTBEAT_MS;
     if (timeout_ms > 0)
-        poll(&pfd, 1, timeout_ms > 60000 ? 60000 : (int)timeout_ms);
+        poll(pfd, 2, (int)timeout_ms);
     flags = outbox_signals_take();
     if (flags & OUTBOX_SIG_STOP)
         w->stop = true;
     if (flags & OUTBOX_SIG_REOPEN)
         outbox_log_reopen();
-    if ((flags & OUTBOX_SIG_RELOAD) && !w->stop)
-        reload(w);
+    if (w->spec->parent != 0 && getppid() != w->spec->parent) {
+        log_warn("supervisor (pid %d) is gone: stopping", (int)w->spec->parent);
+        w->stop = true;
+    }
+    if (w->slot != NULL)
+        outbox_stats_heartbeat(w->slot);
 }
 
 int
 outbox_worker_run(const outbox_worker_spec_t *spec)
 {
-    worker_t w;
+    worker_t *w;
     int64_t wait;
     int rc, code = 0;
 
-    memset(&w, 0, sizeof(w));
-    w.spec = spec;
-    w.cfg = *spec->cfg;
-    if (outbox_signals_install() != 0)
+    if ((w = calloc(1, sizeof(*w))) == NULL) {
+        log_error("out of memory starting a worker");
         return 1;
-    w.backoff_ms = CONNECT_BACKOFF_MIN_MS;
-    while (!w.stop) {
-        rc = connect_all(&w);
+    }
+    w->spec = spec;
+    w->cfg = *spec->cfg;
+    w->slot = spec->slot;
+    /* A terminal's Ctrl-C or systemd reaches both the supervisor and us, and
+     * the supervisor then sends its own TERM: that one must not cut the
+     * drain short. The supervisor escalates with SIGKILL when it must. */
+    outbox_signals_second_stop_exits(0);
+    if (outbox_signals_install() != 0) {
+        free(w);
+        return 1;
+    }
+    if (w->slot != NULL)
+        outbox_stats_heartbeat(w->slot);
+    w->backoff_ms = CONNECT_BACKOFF_MIN_MS;
+    while (!w->stop) {
+        rc = connect_all(w);
         if (rc > 0) {
             code = rc;
             break;
         }
         if (rc < 0) {
-            wait_and_handle(&w, w.backoff_ms);
-            w.backoff_ms = w.backoff_ms * 2 > CONNECT_BACKOFF_MAX_MS ? CONNECT_BACKOFF_MAX_MS
-                                                                     : w.backoff_ms * 2;
+            wait_and_handle(w, w->backoff_ms);
+            w->backoff_ms = w->backoff_ms * 2 > CONNECT_BACKOFF_MAX_MS ? CONNECT_BACKOFF_MAX_MS
+                                                                       : w->backoff_ms * 2;
             continue;
         }
-        w.backoff_ms = CONNECT_BACKOFF_MIN_MS;
-        rc = outbox_dispatcher_tick(w.d, now_ms(), &wait);
-        if (rc != OUTBOX_OK)
-            report(&w, "relay pass failed", outbox_dispatcher_last_error(w.d));
-        else
-            recovered(&w);
-        wait_and_handle(&w, wait);
+        w->backoff_ms = CONNECT_BACKOFF_MIN_MS;
+        apply_releases(w);
+        rc = outbox_dispatcher_tick(w->d, now_ms(), &wait);
+        publish_counters(w);
+        set_state(w, OUTBOX_WS_IDLE);
+        if (rc != OUTBOX_OK) {
+            report(w, spec->role == OUTBOX_ROLE_RELAY ? "relay pass failed" : "keeper pass failed",
+                   outbox_dispatcher_last_error(w->d));
+        } else {
+            recovered(w);
+            if (!w->ready && w->slot != NULL) {
+                /* connected to both servers and one pass done */
+                outbox_stats_set_state(w->slot, OUTBOX_WS_IDLE);
+                outbox_stats_set_ready(w->slot);
+            }
+            w->ready = true;
+        }
+        if (spec->release_fd >= 0 && w->rlen > 0 && wait > 100)
+            wait = 100; /* a queued release failed: retry soon */
+        wait_and_handle(w, wait);
     }
-    log_info("stopping: releasing locks of %s", spec->lock_id);
-    if (w.d != NULL) {
-        const outbox_dispatcher_counters_t *c = outbox_dispatcher_counters(w.d);
+    set_state(w, OUTBOX_WS_STOPPING);
+    if (spec->role == OUTBOX_ROLE_RELAY)
+        log_info("stopping: releasing locks of %s", spec->lock_id);
+    if (w->d != NULL && spec->role == OUTBOX_ROLE_RELAY) {
+        const outbox_dispatcher_counters_t *c = outbox_dispatcher_counters(w->d);
 
         log_info("totals: %llu batches, %llu delivered, %llu retried, %llu dead, %llu released",
                  (unsigned long long)c->batches, (unsigned long long)c->delivered,
                  (unsigned long long)c->retried, (unsigned long long)c->dead,
                  (unsigned long long)c->released);
     }
-    teardown(&w);
-    if (w.cfg_owned)
-        outbox_config_free(&w.cfg);
+    if (spec->role == OUTBOX_ROLE_KEEPER)
+        apply_releases(w); /* last requests (workers killed at drain) */
+    teardown(w);
+    free(w);
     log_info("stopped");
     return code;
 }

@@ -1,26 +1,29 @@
 /*
- * One relay worker: owns one Store, one Broker and one Dispatcher, and runs
- * the dispatcher's jobs until told to stop. Connections are made here, after
- * any fork, and re-made with capped backoff while a server is away.
+ * One worker process: a relay (claims, publishes, marks) or the keeper (lock
+ * check, retention, and the locks of workers the supervisor reaped). Owns
+ * its Store, Broker and Dispatcher, made here after the fork and re-made
+ * with capped backoff while a server is away; writes only its own stats
+ * slot, and its heartbeat only from this main loop.
  */
 #ifndef OUTBOX_WORKER_H
 #define OUTBOX_WORKER_H
 
-#include "config.h"
+#include <sys/types.h>
 
-/* Re-read the configuration (SIGHUP). OUTBOX_OK with *out filled, or an
- * error with the reason in err; the worker then keeps its configuration. */
-typedef int (*outbox_reload_fn)(outbox_config_t *out, char *err, size_t errlen, void *arg);
+#include "config.h"
+#include "stats.h"
 
 typedef struct outbox_worker_spec {
-    const outbox_config_t *cfg; /* borrowed; copied on reload */
+    const outbox_config_t *cfg; /* borrowed */
     const char *lock_id;
-    outbox_reload_fn reload;    /* NULL: SIGHUP only reopens logs */
-    void *reload_arg;
+    int role;                  /* OUTBOX_ROLE_RELAY or OUTBOX_ROLE_KEEPER */
+    outbox_stats_slot_t *slot; /* own stats slot; NULL: none */
+    pid_t parent;              /* stop when the parent is no longer this; 0: don't watch */
+    int release_fd;            /* keeper: "<seq> <lock id>\n" requests; -1: none */
 } outbox_worker_spec_t;
 
-/* Runs until SIGTERM/SIGINT. Returns the process exit code: 0 clean stop,
- * 1 runtime failure, 2 fatal configuration. */
+/* Runs until SIGTERM/SIGINT or the parent's death. Returns the process exit
+ * code: 0 clean stop, 1 runtime failure, 2 fatal configuration. */
 int outbox_worker_run(const outbox_worker_spec_t *spec);
 
 #endif

@@ -36,8 +36,8 @@ ctx_open(ctx_t *c, const char *name)
 {
     char bin[512], subjects[96];
     char err[512];
-    outbox_nats_options_t no = {.url = env.nats_url, .publish_timeout_ms = 5000,
-                                .connect_timeout_ms = 2000};
+    outbox_nats_options_t no = {
+        .url = env.nats_url, .publish_timeout_ms = 5000, .connect_timeout_ms = 2000};
     int from, to;
     outbox_pg_options_t po;
 
@@ -72,10 +72,23 @@ static pid_t
 relay_start(ctx_t *c, const char *mode)
 {
     char bin[512];
-    char *argv[] = {bin,      "run",         "--db",        c->db,
-                    "--nats", env.nats_url,  "--nats-mode", (char *)mode,
-                    "--process-interval", "20ms", "--batch-size", "50",
-                    "--log-level", "debug", NULL};
+    char *argv[] = {bin,
+                    "run",
+                    "--db",
+                    c->db,
+                    "--nats",
+                    env.nats_url,
+                    "--nats-mode",
+                    (char *)mode,
+                    "--process-interval",
+                    "20ms",
+                    "--batch-size",
+                    "50",
+                    "--log-level",
+                    "debug",
+                    "--instance",
+                    c->prefix,
+                    NULL};
 
     th_bin(bin, sizeof(bin), "outboxd");
     return th_spawn(argv, c->log);
@@ -139,8 +152,12 @@ produce(ctx_t *c, PGconn *pg, int count, int per_tx, int rollback_every, int use
         rollback = rollback_every > 0 && tx % rollback_every == 0;
         th_exec(pg, "BEGIN");
         for (; i < count && in_tx < per_tx; i++, in_tx++) {
-            outbox_message_t m = {.topic = topic, .key = key, .headers = h, .nheaders = 2,
-                                  .body = body, .body_len = 0};
+            outbox_message_t m = {.topic = topic,
+                                  .key = key,
+                                  .headers = h,
+                                  .nheaders = 2,
+                                  .body = body,
+                                  .body_len = 0};
 
             snprintf(topic, sizeof(topic), "%s.orders.%s", c->prefix, rollback ? "rb" : "ok");
             snprintf(key, sizeof(key), "k%d", i);
@@ -165,8 +182,7 @@ produce(ctx_t *c, PGconn *pg, int count, int per_tx, int rollback_every, int use
 static void
 assert_no_locks(PGconn *pg)
 {
-    assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE locked_by IS NOT NULL"),
-                     0);
+    assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE locked_by IS NOT NULL"), 0);
 }
 
 /* Every stream message is unique by Outbox-Id and none came from a rolled
@@ -243,10 +259,14 @@ test_byte_identical(void **state)
     ctx_open(&c, "e2e_bytes");
     pg = th_connect(c.db);
     snprintf(topic, sizeof(topic), "%s.bin", c.prefix);
-    m1 = (outbox_message_t){.topic = topic, .key = "ключ-1", .headers = h, .nheaders = 3,
-                            .body = binary, .body_len = sizeof(binary)};
-    m2 = (outbox_message_t){.topic = topic, .key = NULL, .headers = NULL, .nheaders = 0,
-                            .body = "", .body_len = 0};
+    m1 = (outbox_message_t){.topic = topic,
+                            .key = "ключ-1",
+                            .headers = h,
+                            .nheaders = 3,
+                            .body = binary,
+                            .body_len = sizeof(binary)};
+    m2 = (outbox_message_t){
+        .topic = topic, .key = NULL, .headers = NULL, .nheaders = 0, .body = "", .body_len = 0};
     th_exec(pg, "BEGIN");
     assert_int_equal(outbox_enqueue(pg, NULL, NULL, &m1, id1, err, sizeof(err)), OUTBOX_OK);
     assert_int_equal(outbox_enqueue(pg, NULL, NULL, &m2, id2, err, sizeof(err)), OUTBOX_OK);
@@ -392,8 +412,8 @@ run_dispatcher(void *arg)
 {
     runner_t *r = arg;
     outbox_pg_options_t po = {.conninfo = r->db};
-    outbox_nats_options_t no = {.url = env.nats_url, .publish_timeout_ms = 5000,
-                                .connect_timeout_ms = 2000};
+    outbox_nats_options_t no = {
+        .url = env.nats_url, .publish_timeout_ms = 5000, .connect_timeout_ms = 2000};
     outbox_dispatcher_settings_t s;
     outbox_dispatcher_t *d = NULL;
     outbox_store_t *store = NULL;
@@ -543,13 +563,15 @@ static void
 test_unmigrated_database_is_refused(void **state)
 {
     char db[512], bin[512], log[] = "/tmp/outbox-e2e-nomig.log";
-    char *argv[] = {bin, "run", "--db", db, "--nats", env.nats_url, NULL};
+    char inst[64];
+    char *argv[] = {bin, "run", "--db", db, "--nats", env.nats_url, "--instance", inst, NULL};
     FILE *f;
     char line[1024];
     int st, found = 0;
     pid_t p;
     (void)state;
 
+    th_unique(inst, sizeof(inst), "e2e_nomig");
     th_db_create(&env, "e2e_nomig", db, sizeof(db));
     th_bin(bin, sizeof(bin), "outboxd");
     unlink(log);
