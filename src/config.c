@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "config.h"
 #include "log.h"
@@ -103,6 +104,7 @@ static const cfg_key_t keys[] = {
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
+_Static_assert(NKEYS <= 64, "ini_ctx_t.seen must cover every key");
 
 static const cfg_key_t *
 find_key(const char *name)
@@ -273,6 +275,7 @@ typedef struct ini_ctx {
     char *err;
     size_t errlen;
     int rc;
+    bool seen[64]; /* keys[] index: set in this file already */
 } ini_ctx_t;
 
 /* Debian's libinih passes no line number: ini_parse() returns the first
@@ -281,6 +284,7 @@ static int
 on_ini_pair(void *user, const char *section, const char *name, const char *value)
 {
     ini_ctx_t *c = user;
+    const cfg_key_t *k;
     char why[400];
 
     if (c->rc != OUTBOX_OK)
@@ -295,6 +299,15 @@ on_ini_pair(void *user, const char *section, const char *name, const char *value
         snprintf(c->err, c->errlen, "%s", why);
         c->rc = OUTBOX_ERR_CONFIG;
         return 0;
+    }
+    k = find_key(name);
+    if (k != NULL && (size_t)(k - keys) < sizeof(c->seen)) {
+        if (c->seen[k - keys]) {
+            snprintf(c->err, c->errlen, "%s is set twice (a typo? only one may stay)", name);
+            c->rc = OUTBOX_ERR_CONFIG;
+            return 0;
+        }
+        c->seen[k - keys] = true;
     }
     return 1;
 }
@@ -333,8 +346,16 @@ outbox_config_load(outbox_config_t *cfg, const char *file, char *const *k, char 
         return rc;
     }
     if (file != NULL) {
-        ini_ctx_t c = {cfg, file, err, errlen, OUTBOX_OK};
-        int r = ini_parse(file, on_ini_pair, &c);
+        ini_ctx_t c = {cfg, file, err, errlen, OUTBOX_OK, {0}};
+        struct stat st;
+        int r;
+
+        if (stat(file, &st) == 0 && !S_ISREG(st.st_mode)) {
+            snprintf(err, errlen, "config file %s: not a regular file", file);
+            rc = OUTBOX_ERR_CONFIG;
+            goto fail;
+        }
+        r = ini_parse(file, on_ini_pair, &c);
 
         if (r == -1) {
             snprintf(err, errlen, "config file %s: cannot open: %s", file, strerror(errno));
@@ -388,6 +409,72 @@ valid_ident(const char *s, size_t max)
     return 1;
 }
 
+/* Each comma-separated URL: [nats|tls|ws|wss://][user[:pw]@]host[:port],
+ * no spaces, port 1-65535. The reason names the URL without its password. */
+static int
+check_nats_urls(const char *list, char *err, size_t errlen)
+{
+    char one[512], shown[512];
+    const char *p = list, *end, *host, *port, *at;
+    size_t n;
+    long pn;
+
+    while (*p != '\0') {
+        end = strchr(p, ',');
+        n = end ? (size_t)(end - p) : strlen(p);
+        if (n == 0 || n >= sizeof(one)) {
+            snprintf(err, errlen, "nats_url: an empty or over-long URL in the list");
+            return -1;
+        }
+        memcpy(one, p, n);
+        one[n] = '\0';
+        outbox_config_redact(one, shown, sizeof(shown));
+        host = strstr(one, "://");
+        if (host != NULL) {
+            size_t sl = (size_t)(host - one);
+
+            if (!((sl == 4 && strncmp(one, "nats", 4) == 0) ||
+                  (sl == 3 && strncmp(one, "tls", 3) == 0) ||
+                  (sl == 2 && strncmp(one, "ws", 2) == 0) ||
+                  (sl == 3 && strncmp(one, "wss", 3) == 0))) {
+                snprintf(err, errlen,
+                         "nats_url: \"%s\": scheme must be nats://, tls://, ws:// or "
+                         "wss://",
+                         shown);
+                return -1;
+            }
+            host += 3;
+        } else {
+            host = one;
+        }
+        if ((at = strrchr(host, '@')) != NULL)
+            host = at + 1;
+        if (host[0] == '\0' || strpbrk(one, " \t\r\n") != NULL || strchr(host, '/') != NULL) {
+            snprintf(err, errlen, "nats_url: \"%s\" is not host[:port] (no spaces or paths)",
+                     shown);
+            return -1;
+        }
+        port = host[0] == '[' ? strstr(host, "]:") : strrchr(host, ':');
+        if (port != NULL) {
+            char *pe;
+
+            port += host[0] == '[' ? 2 : 1;
+            errno = 0;
+            pn = strtol(port, &pe, 10);
+            if (pe == port || *pe != '\0' || errno != 0 || pn < 1 || pn > 65535) {
+                snprintf(err, errlen, "nats_url: \"%s\": port must be 1 to 65535", shown);
+                return -1;
+            }
+        }
+        p += n;
+        if (*p == ',' && *++p == '\0') {
+            snprintf(err, errlen, "nats_url: the list ends with a comma");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int
 outbox_config_validate(const outbox_config_t *cfg, char *err, size_t errlen)
 {
@@ -398,6 +485,8 @@ outbox_config_validate(const outbox_config_t *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "nats_url: must not be empty");
         return OUTBOX_ERR_CONFIG;
     }
+    if (check_nats_urls(cfg->nats_url, err, errlen) != 0)
+        return OUTBOX_ERR_CONFIG;
     if (!valid_ident(cfg->schema, 63)) {
         snprintf(err, errlen, "schema: must be 1 to 63 bytes without control characters");
         return OUTBOX_ERR_CONFIG;
@@ -487,6 +576,38 @@ outbox_config_flag_key(const char *flag)
     return NULL;
 }
 
+/* Rewrite uri (a buffer of len bytes) with the value of every password= or
+ * sslpassword= query parameter replaced by ****. */
+static void
+redact_query(char *uri, size_t len)
+{
+    char tmp[1024];
+    const char *p, *end, *v;
+    size_t o;
+
+    if ((p = strchr(uri, '?')) == NULL || strlen(uri) >= sizeof(tmp))
+        return;
+    snprintf(tmp, sizeof(tmp), "%s", uri);
+    p = tmp + (p - uri);
+    o = (size_t)(p - tmp);
+    while (*p != '\0' && o + 1 < len) {
+        uri[o++] = *p++; /* '?' or '&' */
+        end = strchr(p, '&');
+        if (end == NULL)
+            end = p + strlen(p);
+        v = memchr(p, '=', (size_t)(end - p));
+        if (v != NULL && ((v - p == 8 && strncmp(p, "password", 8) == 0) ||
+                          (v - p == 11 && strncmp(p, "sslpassword", 11) == 0)))
+            o += (size_t)snprintf(uri + o, len - o, "%.*s=****", (int)(v - p), p);
+        else
+            o += (size_t)snprintf(uri + o, len - o, "%.*s", (int)(end - p), p);
+        if (o >= len)
+            o = len - 1;
+        p = end;
+    }
+    uri[o] = '\0';
+}
+
 void
 outbox_config_redact(const char *in, char *out, size_t outlen)
 {
@@ -504,11 +625,14 @@ outbox_config_redact(const char *in, char *out, size_t outlen)
             snprintf(out, outlen, "%.*s:****%s", (int)(colon - in), in, at);
         else
             snprintf(out, outlen, "%s", in);
+        redact_query(out, outlen);
         return;
     }
     /* conninfo: key = value pairs; mask password's value */
     while (*in != '\0' && o + 1 < outlen) {
-        if (strncmp(in, "password", 8) == 0 && (o == 0 || out[o - 1] == ' ')) {
+        if (strncmp(in, "password", 8) == 0 &&
+            (o == 0 || out[o - 1] == ' ' ||
+             (o >= 3 && strncmp(out + o - 3, "ssl", 3) == 0 && (o == 3 || out[o - 4] == ' ')))) {
             const char *p = in + 8;
 
             while (*p == ' ')

@@ -49,7 +49,7 @@ struct outbox_dispatcher {
 #define OBSERVE(d, ev, n)                                                                          \
     do {                                                                                           \
         if ((d)->observe != NULL)                                                                  \
-            (d)->observe((d)->observe_arg, (ev), (n));                                             \
+            (d)->observe((d)->observe_arg, (ev), (n), NULL, NULL);                                 \
     } while (0)
 
 void
@@ -268,6 +268,13 @@ apply_marks(outbox_dispatcher_t *d)
         return rc;
     }
     d->unmarked = false;
+    if (d->observe != NULL) {
+        size_t i;
+
+        for (i = 0; i < d->batch.n; i++)
+            if (d->marks[i].kind == OUTBOX_MARK_DEAD)
+                d->observe(d->observe_arg, OUTBOX_EV_DEAD, i, &d->batch.recs[i], d->marks[i].error);
+    }
     outbox_batch_reset(&d->batch);
     return OUTBOX_OK;
 }
@@ -339,6 +346,8 @@ outbox_dispatcher_check_locks(outbox_dispatcher_t *d, int64_t *released)
         return rc;
     }
     d->c.locks_freed += (uint64_t)n;
+    if (n > 0)
+        OBSERVE(d, OUTBOX_EV_LOCKS_FREED, (size_t)n);
     if (released != NULL)
         *released = n;
     return OUTBOX_OK;

@@ -52,6 +52,8 @@ usage(FILE *out)
                  "the SQL only)\n"
                  "  stream add NAME SUBJECTS [--duplicate-window D]\n"
                  "                           create a JetStream stream (SUBJECTS comma-separated)\n"
+                 "  stream update NAME SUBJECTS [--duplicate-window D]\n"
+                 "                           change an existing stream's subjects or window\n"
                  "  stream info NAME [--json] show a stream's subjects, messages and settings\n"
                  "  config                   validate the configuration and print it (secrets "
                  "masked)\n"
@@ -377,18 +379,24 @@ cmd_stream(const cli_t *c, outbox_config_t *cfg)
     int64_t dup_ms = 0;
     int rc;
 
-    if (c->nargs == 4 && strcmp(c->args[1], "add") == 0) {
+    if (c->nargs == 4 && (strcmp(c->args[1], "add") == 0 || strcmp(c->args[1], "update") == 0)) {
+        int update = strcmp(c->args[1], "update") == 0;
+
         if (c->dupwin != NULL && outbox_parse_duration(c->dupwin, false, &dup_ms) != 0) {
             fprintf(stderr, "outboxd: --duplicate-window: \"%s\" is not a duration\n", c->dupwin);
             return EXIT_USAGE;
         }
-        rc = outbox_nats_stream_add(&o, c->args[2], c->args[3], dup_ms, err, sizeof(err));
+        rc = update
+                 ? outbox_nats_stream_update(&o, c->args[2], c->args[3], dup_ms, err, sizeof(err))
+                 : outbox_nats_stream_add(&o, c->args[2], c->args[3], dup_ms, err, sizeof(err));
         if (rc == OUTBOX_OK)
-            printf("stream %s created for subjects %s\n", c->args[2], c->args[3]);
+            printf("stream %s %s for subjects %s\n", c->args[2],
+                   update ? "updated" : "ready (created, or already there as asked)", c->args[3]);
     } else if (c->nargs == 3 && strcmp(c->args[1], "info") == 0) {
         rc = outbox_nats_stream_info(&o, c->args[2], c->json != 0, stdout, err, sizeof(err));
     } else {
         fprintf(stderr, "usage: outboxd stream add NAME SUBJECTS [--duplicate-window D]\n"
+                        "       outboxd stream update NAME SUBJECTS [--duplicate-window D]\n"
                         "       outboxd stream info NAME [--json]\n");
         return EXIT_USAGE;
     }

@@ -6,6 +6,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "pg_util.h"
@@ -171,9 +172,13 @@ outbox_pg_connect(PGconn **out, const char *conninfo, char *err, size_t errlen)
         return OUTBOX_ERR_NOMEM;
     }
     if (PQstatus(c) != CONNECTION_OK) {
-        one_line(err, errlen, "connect", PQerrorMessage(c), NULL);
+        /* libpq checks option values ("invalid sslmode value", "invalid
+         * port number") before any network traffic: a typo, not an outage. */
+        bool bad_option = strncmp(PQerrorMessage(c), "invalid ", 8) == 0;
+
+        one_line(err, errlen, bad_option ? "conninfo" : "connect", PQerrorMessage(c), NULL);
         PQfinish(c);
-        return OUTBOX_ERR_UNREACHABLE;
+        return bad_option ? OUTBOX_ERR_CONFIG : OUTBOX_ERR_UNREACHABLE;
     }
     PQsetNoticeProcessor(c, ignore_notice, NULL);
     *out = c;

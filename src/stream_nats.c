@@ -95,9 +95,9 @@ join_subjects(const jsStreamConfig *c, char *out, size_t len)
         o += (size_t)snprintf(out + o, len - o, "%s%s", i ? ", " : "", c->Subjects[i]);
 }
 
-int
-outbox_nats_stream_add(const outbox_nats_options_t *opt, const char *name, const char *subjects,
-                       int64_t duplicate_window_ms, char *err, size_t errlen)
+static int
+stream_put(const outbox_nats_options_t *opt, const char *name, const char *subjects,
+           int64_t duplicate_window_ms, bool update, char *err, size_t errlen)
 {
     js_admin_t a = {0};
     jsStreamConfig cfg;
@@ -148,29 +148,38 @@ outbox_nats_stream_add(const outbox_nats_options_t *opt, const char *name, const
 
     /* Creating a stream that exists with the same configuration succeeds
      * (the API is idempotent); a different one is refused by the server. */
-    s = js_AddStream(&si, a.js, &cfg, NULL, &jerr);
+    if (update)
+        s = js_UpdateStream(&si, a.js, &cfg, NULL, &jerr);
+    else
+        s = js_AddStream(&si, a.js, &cfg, NULL, &jerr);
     if (s == NATS_OK)
         goto done;
-    snprintf(what, sizeof(what), "add stream '%s'", name);
+    snprintf(what, sizeof(what), "%s stream '%s'", update ? "update" : "add", name);
     if (jerr == JSStreamNameExistErr) {
         have[0] = '\0';
         if (js_GetStreamInfo(&old, a.js, name, NULL, NULL) == NATS_OK)
             join_subjects(old->Config, have, sizeof(have));
         snprintf(err, errlen,
-                 "stream '%s' already exists with a different configuration (its subjects: "
-                 "%s); change or delete it with the nats CLI",
-                 name, have[0] ? have : "?");
-        rc = OUTBOX_ERR_PERMANENT;
+                 "stream '%s' already exists with other settings (its subjects: %s, duplicate "
+                 "window %llds); use `outboxd stream update %s SUBJECTS [--duplicate-window D]`",
+                 name, have[0] ? have : "?",
+                 old != NULL ? (long long)(old->Config->Duplicates / 1000000000) : 0LL, name);
+        rc = OUTBOX_ERR_INVALID;
+    } else if (jerr == JSStreamNotFoundErr) {
+        snprintf(err, errlen, "no stream '%s' to update (create it with `outboxd stream add`)",
+                 name);
+        rc = OUTBOX_ERR_INVALID;
     } else if (jerr == JSStreamSubjectOverlapErr) {
         snprintf(err, errlen, "stream '%s': subjects '%s' overlap with those of another stream",
                  name, subjects);
-        rc = OUTBOX_ERR_PERMANENT;
+        rc = OUTBOX_ERR_INVALID;
     } else if (jerr != 0) {
         char why[200];
 
         outbox_nats_status_text(s, why, sizeof(why));
         snprintf(err, errlen, "%s: %s (JetStream error %d)", what, why, (int)jerr);
-        rc = OUTBOX_ERR_PERMANENT;
+        /* 10052: the server refused the settings (a bad subject, ...) */
+        rc = jerr == JSStreamInvalidConfig ? OUTBOX_ERR_INVALID : OUTBOX_ERR_PERMANENT;
     } else {
         rc = api_failure(&a, s, what, err, errlen);
     }
@@ -181,6 +190,20 @@ done:
     admin_close(&a);
     free(list);
     return rc;
+}
+
+int
+outbox_nats_stream_add(const outbox_nats_options_t *opt, const char *name, const char *subjects,
+                       int64_t duplicate_window_ms, char *err, size_t errlen)
+{
+    return stream_put(opt, name, subjects, duplicate_window_ms, false, err, errlen);
+}
+
+int
+outbox_nats_stream_update(const outbox_nats_options_t *opt, const char *name, const char *subjects,
+                          int64_t duplicate_window_ms, char *err, size_t errlen)
+{
+    return stream_put(opt, name, subjects, duplicate_window_ms, true, err, errlen);
 }
 
 static const char *

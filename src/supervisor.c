@@ -480,7 +480,7 @@ reaped(sup_t *s, int slot, int st)
         atomic_fetch_add_explicit(&s->r->hdr.sup.crashes, 1, memory_order_relaxed);
     }
     /* Exact lock id: its claimed records are free now, not after max_lock_time. */
-    if (p->role == OUTBOX_ROLE_RELAY && !clean)
+    if (p->role == OUTBOX_ROLE_RELAY && !clean && !fatal)
         queue_release(s, p->lock_id);
     if (p->release_wfd >= 0)
         close(p->release_wfd);

@@ -117,7 +117,8 @@ set_state(worker_t *w, unsigned st)
 }
 
 static void
-observe(void *arg, outbox_dispatcher_event_t ev, size_t n)
+observe(void *arg, outbox_dispatcher_event_t ev, size_t n, const outbox_record_t *rec,
+        const char *why)
 {
     worker_t *w = arg;
 
@@ -133,6 +134,15 @@ observe(void *arg, outbox_dispatcher_event_t ev, size_t n)
         if (w->slot != NULL && n > 0)
             outbox_stats_batch(w->slot, n, (uint64_t)(now_ms() - w->claim_started_ms) * 1000);
         set_state(w, OUTBOX_WS_IDLE);
+        log_debug("batch of %zu marked in %lld ms", n, (long long)(now_ms() - w->claim_started_ms));
+        break;
+    case OUTBOX_EV_DEAD:
+        /* rare by nature; an operator must be able to see them without SQL */
+        log_warn("record %s (topic %s) parked as dead: %s", rec->id, rec->msg.topic,
+                 why != NULL ? why : "?");
+        break;
+    case OUTBOX_EV_LOCKS_FREED:
+        log_info("lock check: freed %zu records locked for longer than max_lock_time", n);
         break;
     }
 }

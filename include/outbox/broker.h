@@ -79,6 +79,12 @@ int outbox_nats_broker_create(outbox_broker_t **out, const outbox_nats_options_t
 int outbox_nats_stream_add(const outbox_nats_options_t *opt, const char *name,
                            const char *subjects, int64_t duplicate_window_ms, char *err,
                            size_t errlen);
+/* As add, but for an existing stream: its subjects and duplicate window are
+ * replaced (the messages stay). OUTBOX_ERR_INVALID if there is no such
+ * stream. */
+int outbox_nats_stream_update(const outbox_nats_options_t *opt, const char *name,
+                              const char *subjects, int64_t duplicate_window_ms, char *err,
+                              size_t errlen);
 /* Writes stream info (subjects, messages, bytes, duplicate window, first/last
  * seq) as "key: value" lines, or JSON when json is true. */
 int outbox_nats_stream_info(const outbox_nats_options_t *opt, const char *name, bool json,

@@ -78,14 +78,18 @@ void outbox_dispatcher_destroy(outbox_dispatcher_t *d); /* NULL ok */
 void outbox_dispatcher_set_jobs(outbox_dispatcher_t *d, bool process, bool lock_check,
                                 bool cleanup);
 
-/* Phases of a process pass, reported to an observer (e.g. live stats). */
+/* What a pass did, reported to an observer (live stats, logs). */
 typedef enum outbox_dispatcher_event {
-    OUTBOX_EV_CLAIM = 0, /* a claim is about to be sent; n = 0 */
-    OUTBOX_EV_PUBLISH,   /* n records claimed, about to publish */
-    OUTBOX_EV_MARKED     /* n records' marks written; counters are up to date */
+    OUTBOX_EV_CLAIM = 0,  /* a claim is about to be sent; n = 0 */
+    OUTBOX_EV_PUBLISH,    /* n records claimed, about to publish */
+    OUTBOX_EV_MARKED,     /* n records' marks written; counters are up to date */
+    OUTBOX_EV_DEAD,       /* rec was parked as dead (its mark is written); why = reason */
+    OUTBOX_EV_LOCKS_FREED /* the lock check freed n stale locks */
 } outbox_dispatcher_event_t;
-typedef void (*outbox_dispatcher_observer_fn)(void *arg, outbox_dispatcher_event_t ev, size_t n);
-/* Called synchronously from process(); fn NULL removes it. */
+/* rec and why are NULL but for OUTBOX_EV_DEAD; both borrowed for the call. */
+typedef void (*outbox_dispatcher_observer_fn)(void *arg, outbox_dispatcher_event_t ev, size_t n,
+                                              const outbox_record_t *rec, const char *why);
+/* Called synchronously from the jobs; fn NULL removes it. */
 void outbox_dispatcher_set_observer(outbox_dispatcher_t *d, outbox_dispatcher_observer_fn fn,
                                     void *arg);
 

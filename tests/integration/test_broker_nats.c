@@ -845,16 +845,36 @@ test_stream_add_and_info(void **state)
     assert_non_null(strstr(text, "\"duplicate_window_ms\":5000"));
     free(text);
 
-    /* Same name, other subjects: refused, naming what exists. */
+    /* Same name, other subjects: refused (a usage error), naming what exists
+     * and the command that changes it. */
     snprintf(want, sizeof(want), "%s.zzz", name);
     assert_int_equal(outbox_nats_stream_add(&o, name, want, 5000, err, sizeof(err)),
-                     OUTBOX_ERR_PERMANENT);
-    assert_non_null(strstr(err, "already exists with a different configuration"));
+                     OUTBOX_ERR_INVALID);
+    assert_non_null(strstr(err, "already exists with other settings"));
     assert_non_null(strstr(err, s1));
+    assert_non_null(strstr(err, "duplicate window 5s"));
+    assert_non_null(strstr(err, "outboxd stream update"));
+
+    /* update: a longer window on the existing stream, messages kept */
+    {
+        char both[200];
+
+        snprintf(both, sizeof(both), "%s,%s", s1, s2);
+        assert_int_equal(outbox_nats_stream_update(&o, name, both, 600000, err, sizeof(err)),
+                         OUTBOX_OK);
+        text = capture_info(&o, name, true, &rc, err, sizeof(err));
+        assert_int_equal(rc, OUTBOX_OK);
+        assert_non_null(strstr(text, "\"messages\":2"));
+        assert_non_null(strstr(text, "\"duplicate_window_ms\":600000"));
+        free(text);
+        assert_int_equal(outbox_nats_stream_update(&o, other, both, 0, err, sizeof(err)),
+                         OUTBOX_ERR_INVALID);
+        assert_non_null(strstr(err, "no stream"));
+    }
 
     /* Another stream wanting the same subjects: refused as an overlap. */
     assert_int_equal(outbox_nats_stream_add(&o, other, s1, 0, err, sizeof(err)),
-                     OUTBOX_ERR_PERMANENT);
+                     OUTBOX_ERR_INVALID);
     assert_non_null(strstr(err, "overlap"));
 
     js_DeleteStream(admin_js, name, NULL, NULL);

@@ -23,12 +23,11 @@ test_durations(void **state)
         int never, ok;
         int64_t ms;
     } cases[] = {
-        {"250ms", 0, 1, 250}, {"5s", 0, 1, 5000},     {"2m", 0, 1, 120000},
-        {"1h", 0, 1, 3600000}, {"7d", 0, 1, 604800000}, {"1.5s", 0, 1, 1500},
-        {"0", 0, 1, 0},        {"never", 1, 1, -1},     {"forever", 1, 1, -1},
-        {"never", 0, 0, 0},    {"5", 0, 0, 0},          {"5x", 0, 0, 0},
-        {"", 0, 0, 0},         {"-1s", 0, 0, 0},        {"s", 0, 0, 0},
-        {"1e30d", 0, 0, 0},    {"nan", 0, 0, 0},
+        {"250ms", 0, 1, 250},    {"5s", 0, 1, 5000},   {"2m", 0, 1, 120000}, {"1h", 0, 1, 3600000},
+        {"7d", 0, 1, 604800000}, {"1.5s", 0, 1, 1500}, {"0", 0, 1, 0},       {"never", 1, 1, -1},
+        {"forever", 1, 1, -1},   {"never", 0, 0, 0},   {"5", 0, 0, 0},       {"5x", 0, 0, 0},
+        {"", 0, 0, 0},           {"-1s", 0, 0, 0},     {"s", 0, 0, 0},       {"1e30d", 0, 0, 0},
+        {"nan", 0, 0, 0},
     };
     size_t i;
     (void)state;
@@ -52,12 +51,27 @@ test_bad_values_name_the_key(void **state)
     static const struct {
         const char *key, *value;
     } bad[] = {
-        {"batch_size", "0"},          {"batch_size", "10001"},       {"batch_size", "ten"},
-        {"batch_size", "5x"},         {"process_interval", "0"},     {"process_interval", "5"},
-        {"lock_check_interval", "-1s"}, {"max_lock_time", "soon"},   {"nats_mode", "both"},
-        {"log_level", "loud"},        {"retry_multiplier", "0.5"},   {"retry_jitter", "2"},
-        {"max_attempts", "-1"},       {"cleanup_batch", "0"},        {"retention", "sometimes"},
+        {"batch_size", "0"},
+        {"batch_size", "10001"},
+        {"batch_size", "ten"},
+        {"batch_size", "5x"},
+        {"process_interval", "0"},
+        {"process_interval", "5"},
+        {"lock_check_interval", "-1s"},
+        {"max_lock_time", "soon"},
+        {"nats_mode", "both"},
+        {"log_level", "loud"},
+        {"retry_multiplier", "0.5"},
+        {"retry_jitter", "2"},
+        {"max_attempts", "-1"},
+        {"cleanup_batch", "0"},
+        {"retention", "sometimes"},
         {"publish_timeout", "0"},
+        {"workers", "0"},
+        {"workers", "65"},
+        {"drain_timeout", "0"},
+        {"worker_timeout", "10ms"},
+        {"ready_timeout", "0"},
     };
     outbox_config_t cfg;
     char err[512];
@@ -93,6 +107,15 @@ test_cross_checks(void **state)
         {"table", "", "table"},
         {"schema", "", "schema"},
         {"machine_id", "has space", "machine_id"},
+        {"nats_url", "garbage url", "nats_url"},
+        {"nats_url", "nats://127.0.0.1:99999", "port"},
+        {"nats_url", "nats://127.0.0.1:0", "port"},
+        {"nats_url", "http://127.0.0.1:4222", "scheme"},
+        {"nats_url", "nats://127.0.0.1:4222,", "nats_url"},
+        {"nats_url", "nats://h/path", "nats_url"},
+        {"instance", "a/b", "instance"},
+        {"instance", "has space", "instance"},
+        {"worker_timeout", "20s", "worker_timeout"},
     };
     char *k[1], *v[1], err[512];
     outbox_config_t cfg;
@@ -178,6 +201,7 @@ test_file_errors_name_the_line(void **state)
         {"batch_size = 10\n\nbatch_size = zero\n", ":3: batch_size"},
         {"[other]\nbatch_size = 1\n", ":2: unknown section [other]"},
         {"batch_size 10\n", ":1: syntax error"},
+        {"batch_size = 5\nworkers = 2\nbatch_size = 6\n", ":3: batch_size is set twice"},
     };
     char path[] = "/tmp/outbox-config-XXXXXX", err[512];
     outbox_config_t cfg;
@@ -196,10 +220,13 @@ test_file_errors_name_the_line(void **state)
             fail_msg("case %zu: \"%s\" lacks \"%s\"", i, err, cases[i].want);
     }
     unlink(path);
-    assert_int_equal(outbox_config_load(&cfg, "/nonexistent/outbox.ini", NULL, NULL, 0, err,
-                                        sizeof(err)),
-                     OUTBOX_ERR_CONFIG);
+    assert_int_equal(
+        outbox_config_load(&cfg, "/nonexistent/outbox.ini", NULL, NULL, 0, err, sizeof(err)),
+        OUTBOX_ERR_CONFIG);
     assert_non_null(strstr(err, "/nonexistent/outbox.ini"));
+    assert_int_equal(outbox_config_load(&cfg, "/tmp", NULL, NULL, 0, err, sizeof(err)),
+                     OUTBOX_ERR_CONFIG);
+    assert_non_null(strstr(err, "not a regular file"));
 }
 
 static void
@@ -214,6 +241,10 @@ test_redaction(void **state)
         {"postgresql://app@db/app", "postgresql://app@db/app"},
         {"nats://u:p@127.0.0.1:4222", "nats://u:****@127.0.0.1:4222"},
         {"host=db user=app", "host=db user=app"},
+        {"postgresql://db/app?password=s3cret", "postgresql://db/app?password=****"},
+        {"postgresql://a:b@db/app?sslmode=require&password=p&sslpassword=q&x=1",
+         "postgresql://a:****@db/app?sslmode=require&password=****&sslpassword=****&x=1"},
+        {"host=db sslpassword=k password=p", "host=db sslpassword=**** password=****"},
     };
     char out[256];
     size_t i;
@@ -223,6 +254,57 @@ test_redaction(void **state)
         outbox_config_redact(cases[i].in, out, sizeof(out));
         assert_string_equal(out, cases[i].out);
     }
+}
+
+/* The supervisor hands workers its configuration as serialize() text:
+ * every key must come back exactly, secrets included. */
+static void
+test_serialize_round_trip(void **state)
+{
+    static const char *const set[][2] = {
+        {"db", "host=db password='p w' user=app"},
+        {"nats_url", "nats://u:pw@127.0.0.1:4222"},
+        {"retry_multiplier", "1.3333333333333333"},
+        {"retry_jitter", "0.1"},
+        {"process_interval", "250ms"},
+        {"retention", "never"},
+        {"workers", "7"},
+        {"instance", "orders"},
+        {"log_file", "/tmp/x y.log"},
+        {"nats_mode", "core"},
+    };
+    char *k[10], *v[10], *buf = NULL, *buf2 = NULL, err[512];
+    outbox_config_t a, b;
+    size_t i, len = 0, len2 = 0;
+    (void)state;
+
+    for (i = 0; i < 10; i++) {
+        k[i] = (char *)set[i][0];
+        v[i] = (char *)set[i][1];
+    }
+    assert_int_equal(outbox_config_load(&a, NULL, k, v, 10, err, sizeof(err)), OUTBOX_OK);
+    assert_int_equal(outbox_config_serialize(&a, &buf, &len), OUTBOX_OK);
+    assert_int_equal(outbox_config_deserialize(&b, buf, len, err, sizeof(err)), OUTBOX_OK);
+    assert_string_equal(b.db, a.db);
+    assert_string_equal(b.nats_url, a.nats_url);
+    assert_true(b.retry_multiplier == a.retry_multiplier);
+    assert_int_equal(b.process_interval_ms, 250);
+    assert_int_equal(b.retention_ms, -1);
+    assert_int_equal(b.workers, 7);
+    assert_int_equal(b.nats_mode, a.nats_mode);
+    assert_string_equal(b.log_file, "/tmp/x y.log");
+    assert_int_equal(outbox_config_serialize(&b, &buf2, &len2), OUTBOX_OK);
+    assert_int_equal(len, len2);
+    assert_memory_equal(buf, buf2, len);
+    /* malformed input is refused, not half-applied */
+    outbox_config_free(&b);
+    assert_int_equal(outbox_config_deserialize(&b, "batch_size", 11, err, sizeof(err)),
+                     OUTBOX_ERR_CONFIG);
+    assert_int_equal(outbox_config_deserialize(&b, "batch_size=0", 13, err, sizeof(err)),
+                     OUTBOX_ERR_CONFIG);
+    free(buf);
+    free(buf2);
+    outbox_config_free(&a);
 }
 
 static void
@@ -247,6 +329,7 @@ main(void)
         cmocka_unit_test(test_file_errors_name_the_line),
         cmocka_unit_test(test_redaction),
         cmocka_unit_test(test_flag_names),
+        cmocka_unit_test(test_serialize_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -236,6 +236,85 @@ test_permanent_failure_is_dead_at_once(void **state)
     done(&f);
 }
 
+typedef struct seen {
+    int ev[16];
+    size_t n[16];
+    int nev;
+    char dead_id[OUTBOX_ID_LEN + 1], dead_why[256];
+    int deads;
+    uint64_t delivered_at_marked; /* counters must be up to date at MARKED */
+    outbox_dispatcher_t *d;
+} seen_t;
+
+static void
+record_event(void *arg, outbox_dispatcher_event_t ev, size_t n, const outbox_record_t *rec,
+             const char *why)
+{
+    seen_t *s = arg;
+
+    if (s->nev < 16) {
+        s->ev[s->nev] = (int)ev;
+        s->n[s->nev++] = n;
+    }
+    if (ev == OUTBOX_EV_MARKED)
+        s->delivered_at_marked = outbox_dispatcher_counters(s->d)->delivered;
+    if (ev == OUTBOX_EV_DEAD) {
+        assert_non_null(rec);
+        assert_non_null(why);
+        snprintf(s->dead_id, sizeof(s->dead_id), "%s", rec->id);
+        snprintf(s->dead_why, sizeof(s->dead_why), "%s", why);
+        s->deads++;
+    } else {
+        assert_null(rec);
+    }
+}
+
+/* The observer sees claim -> publish -> marked, counters already counted at
+ * MARKED, each dead record with its reason once its mark is written, and
+ * freed stale locks; a failed mark reports nothing dead. */
+static void
+test_observer_sees_phases_dead_records_and_freed_locks(void **state)
+{
+    seen_t seen;
+    fx_t f;
+    (void)state;
+
+    memset(&seen, 0, sizeof(seen));
+    assert_int_equal(make(&f, 3), 0);
+    f.broker->verdict = permanent_second;
+    start(&f);
+    seen.d = f.d;
+    outbox_dispatcher_set_observer(f.d, record_event, &seen);
+    f.store->fail_next = 1; /* the claim fails: only CLAIM is seen */
+    f.store->fail_status = OUTBOX_ERR_UNREACHABLE;
+    assert_int_not_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_OK);
+    assert_int_equal(seen.nev, 1);
+    assert_int_equal(seen.ev[0], OUTBOX_EV_CLAIM);
+    seen.nev = 0;
+    assert_int_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_OK);
+    assert_int_equal(seen.nev, 4);
+    assert_int_equal(seen.ev[0], OUTBOX_EV_CLAIM);
+    assert_int_equal(seen.ev[1], OUTBOX_EV_PUBLISH);
+    assert_int_equal(seen.n[1], 3);
+    assert_int_equal(seen.ev[2], OUTBOX_EV_DEAD);
+    assert_int_equal(seen.ev[3], OUTBOX_EV_MARKED);
+    assert_int_equal(seen.n[3], 3);
+    assert_int_equal(seen.delivered_at_marked, 2);
+    assert_int_equal(seen.deads, 1);
+    assert_string_equal(seen.dead_id, f.store->recs[1].id);
+    assert_string_equal(seen.dead_why, f.store->recs[1].last_error);
+
+    seen.nev = 0;
+    strcpy(f.store->recs[0].locked_by, "dead-relay");
+    f.store->recs[0].state = OUTBOX_STATE_PENDING;
+    f.store->recs[0].locked_on_ms = f.store->now_ms - f.s.max_lock_time_ms - 1;
+    assert_int_equal(outbox_dispatcher_check_locks(f.d, NULL), OUTBOX_OK);
+    assert_int_equal(seen.nev, 1);
+    assert_int_equal(seen.ev[0], OUTBOX_EV_LOCKS_FREED);
+    assert_int_equal(seen.n[0], 1);
+    done(&f);
+}
+
 static void
 test_broker_down_charges_no_attempt(void **state)
 {
@@ -528,8 +607,8 @@ test_tick_backs_off_on_errors(void **state)
 static void
 test_retry_delay_policy(void **state)
 {
-    outbox_retry_policy_t p = {.max_attempts = 0, .initial_ms = 1000, .multiplier = 2.0,
-                               .max_ms = 60000, .jitter = 0};
+    outbox_retry_policy_t p = {
+        .max_attempts = 0, .initial_ms = 1000, .multiplier = 2.0, .max_ms = 60000, .jitter = 0};
     static const struct {
         int attempt;
         int64_t want;
@@ -576,14 +655,14 @@ test_settings_validation(void **state)
 
     outbox_dispatcher_settings_default(&s);
     assert_int_equal(outbox_dispatcher_settings_validate(&s, err, sizeof(err)), OUTBOX_OK);
-#define BAD(field, val, word)                                                                  \
-    do {                                                                                       \
-        outbox_dispatcher_settings_default(&s);                                                \
-        s.field = val;                                                                         \
-        err[0] = '\0';                                                                         \
-        assert_int_equal(outbox_dispatcher_settings_validate(&s, err, sizeof(err)),            \
-                         OUTBOX_ERR_CONFIG);                                                   \
-        assert_non_null(strstr(err, word));                                                    \
+#define BAD(field, val, word)                                                                      \
+    do {                                                                                           \
+        outbox_dispatcher_settings_default(&s);                                                    \
+        s.field = val;                                                                             \
+        err[0] = '\0';                                                                             \
+        assert_int_equal(outbox_dispatcher_settings_validate(&s, err, sizeof(err)),                \
+                         OUTBOX_ERR_CONFIG);                                                       \
+        assert_non_null(strstr(err, word));                                                        \
     } while (0)
     BAD(process_interval_ms, 0, "process_interval");
     BAD(process_interval_ms, -5, "process_interval");
@@ -615,8 +694,8 @@ test_create_rejects_bad_lock_id(void **state)
     (void)state;
 
     assert_int_equal(make(&f, 0), 0);
-    assert_int_equal(outbox_dispatcher_create(&d, &f.store->base, &f.broker->base, &f.s, "", 1,
-                                              err, sizeof(err)),
+    assert_int_equal(outbox_dispatcher_create(&d, &f.store->base, &f.broker->base, &f.s, "", 1, err,
+                                              sizeof(err)),
                      OUTBOX_ERR_CONFIG);
     memset(big, 'x', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
@@ -637,6 +716,7 @@ main(void)
         cmocka_unit_test(test_attempt_cap_is_greater_or_equal),
         cmocka_unit_test(test_max_attempts_zero_is_unlimited),
         cmocka_unit_test(test_permanent_failure_is_dead_at_once),
+        cmocka_unit_test(test_observer_sees_phases_dead_records_and_freed_locks),
         cmocka_unit_test(test_broker_down_charges_no_attempt),
         cmocka_unit_test(test_marks_retried_after_store_failure),
         cmocka_unit_test(test_claim_failure_is_reported_and_nothing_published),
