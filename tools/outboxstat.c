@@ -506,6 +506,13 @@ print_prom(FILE *f, const outbox_stats_region_t *r, const outbox_stats_snapshot_
         fprintf(f, "%s{", name);
         prom_inst(f, s);
         fprintf(f, "} %" PRIu64 "\n", s->total[c]);
+    }
+    /* Per-worker series under their own names, so sum() over outbox_*_total
+     * never counts a record twice. */
+    for (c = 0; c < s->ncounters; c++) {
+        prom_name(part, sizeof(part), s->counter_names[c]);
+        snprintf(name, sizeof(name), "outbox_worker_%s_total", part);
+        prom_head(f, name, "counter", counter_help(s->counter_names[c]));
         for (i = 0; i < s->nslots; i++) {
             fputs(name, f);
             prom_worker_labels(f, s, i);

@@ -327,6 +327,37 @@ outboxstat_json(const ctx_t *c)
     return j;
 }
 
+/* `outboxstat -i NAME MODE` output (stdout and stderr); exit status checked. */
+static char *
+outboxstat_text(const ctx_t *c, const char *mode, int want_status)
+{
+    char bin[512], out[256], *text;
+    char *argv[] = {bin, "-i", (char *)c->prefix, (char *)mode, NULL};
+    FILE *f;
+    long n;
+    int st;
+    pid_t p;
+
+    th_bin(bin, sizeof(bin), "outboxstat");
+    snprintf(out, sizeof(out), "/tmp/outbox-sup-%s.txt", c->prefix);
+    unlink(out);
+    p = th_spawn(argv, out);
+    assert_int_equal(th_wait(p, 10000, &st), 1);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), want_status);
+    f = fopen(out, "r");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    rewind(f);
+    text = calloc(1, (size_t)n + 1);
+    assert_non_null(text);
+    assert_int_equal(fread(text, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    unlink(out);
+    return text;
+}
+
 static long long
 json_total(json_t *j, const char *counter)
 {
@@ -428,7 +459,24 @@ test_kill9_worker_respawned_locks_released(void **state)
     j = outboxstat_json(&c);
     assert_int_equal(json_total(j, "delivered"),
                      th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 1"));
+    assert_true(json_integer_value(json_object_get(json_object_get(j, "supervisor"), "crashes")) >=
+                1);
     json_decref(j);
+    {
+        char want[160];
+        char *text = outboxstat_text(&c, "--prometheus", 0);
+
+        snprintf(want, sizeof(want), "outbox_delivered_total{instance=\"%s\"} %lld\n", c.prefix,
+                 th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 1"));
+        assert_non_null(strstr(text, want));
+        assert_non_null(strstr(text, "# TYPE outbox_delivered_total counter"));
+        assert_non_null(strstr(text, "outbox_worker_delivered_total{"));
+        assert_non_null(strstr(text, "outbox_batch_latency_seconds_bucket{"));
+        free(text);
+        text = outboxstat_text(&c, "-1", 0);
+        assert_non_null(strstr(text, c.prefix));
+        free(text);
+    }
 
     assert_int_equal(WEXITSTATUS(th_stop(c.sup, 20000)), 0);
     c.sup = 0;
@@ -612,6 +660,12 @@ test_sigterm_stops_everything(void **state)
     assert_int_equal(shm_open(shm, O_RDONLY, 0), -1);
     assert_int_equal(errno, ENOENT);
     assert_int_equal(snap(&c, s), -1);
+    {
+        char *text = outboxstat_text(&c, "--json", 1);
+
+        assert_non_null(strstr(text, "no outboxd instance"));
+        free(text);
+    }
 
     n = produce_join(&c);
     sup_start(&c);
