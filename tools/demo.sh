@@ -57,7 +57,7 @@ bash "$ROOT/tools/deps.sh"
 
 say "2/7 build ($BUILD)"
 cmake -S "$ROOT" -B "$BUILD" >/dev/null
-cmake --build "$BUILD" -j"$(nproc 2>/dev/null || echo 2)" --target outboxd outbox-demo outbox-sub \
+cmake --build "$BUILD" -j"$(nproc 2>/dev/null || echo 2)" --target outboxd outboxstat outbox-demo outbox-sub \
     >"$BUILD/demo-build.log" 2>&1 || {
     tail -n 30 "$BUILD/demo-build.log" >&2
     echo "demo: build failed (log $BUILD/demo-build.log)" >&2
@@ -78,8 +78,10 @@ say "4/7 schema and stream"
 "$BIN/outboxd" migrate --db "$DB"
 "$BIN/outboxd" stream add DEMO 'demo.>' --nats "$NATS"
 
-say "5/7 relay and subscriber"
-"$BIN/outboxd" run --db "$DB" --nats "$NATS" </dev/null >"$ENVDIR/outboxd.log" 2>&1 &
+say "5/7 relay (a supervisor, 2 workers and the keeper) and subscriber"
+INSTANCE=demo-$$
+"$BIN/outboxd" run --db "$DB" --nats "$NATS" --workers 2 --instance "$INSTANCE" \
+    </dev/null >"$ENVDIR/outboxd.log" 2>&1 &
 RELAY_PID=$!
 "$BIN/outbox-sub" --nats "$NATS" --subject 'demo.>' --timeout-s 120 --total-s 600 \
     </dev/null >"$ENVDIR/sub.out" 2>"$ENVDIR/sub.err" &
@@ -116,6 +118,8 @@ sleep 0.5 # anything beyond the committed ones (a bug) shows up too
 received=$(wc -l <"$ENVDIR/sub.out")
 
 say "7/7 summary"
+say "    live stats (outboxstat -i $INSTANCE -1):"
+"$BIN/outboxstat" -i "$INSTANCE" -1 | sed 's/^/    /' || true
 stream=$("$BIN/outboxd" stream info DEMO --nats "$NATS" | sed -n 's/^messages: *//p')
 leaked=0
 while read -r key; do

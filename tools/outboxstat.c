@@ -245,7 +245,10 @@ print_frame(FILE *f, const outbox_stats_region_t *r, const outbox_stats_snapshot
         const outbox_stats_slot_snap_t *p = prev ? prev_slot(prev, s->slot_index[i], w) : NULL;
 
         snprintf(slot, sizeof(slot), "%d", s->slot_index[i]);
-        snprintf(no, sizeof(no), "%u", w->worker_no);
+        if (w->role == OUTBOX_ROLE_KEEPER)
+            snprintf(no, sizeof(no), "-"); /* not a relay number */
+        else
+            snprintf(no, sizeof(no), "%u", w->worker_no);
         snprintf(pid, sizeof(pid), "%" PRId64, w->pid);
         fmt_age(age, sizeof(age), s->taken_us - w->heartbeat_us);
         fmt_u64(del, sizeof(del), w->counters, di);
