@@ -70,6 +70,9 @@ ctx_open(ctx_t *c, const char *name)
     assert_int_equal(natsConnection_JetStream(&c->js, c->nc, NULL), NATS_OK);
 }
 
+static int log_has(const ctx_t *c, const char *needle);
+static void dump_log(const ctx_t *c);
+
 static void
 ctx_close(ctx_t *c)
 {
@@ -77,6 +80,11 @@ ctx_close(ctx_t *c)
 
     if (c->sup > 0)
         th_stop(c->sup, 20000);
+    /* Under -fsanitize the supervisor and workers report into this log. */
+    if (log_has(c, "Sanitizer") || log_has(c, "runtime error:")) {
+        dump_log(c);
+        fail_msg("a sanitizer reported an error in outboxd (log above)");
+    }
     js_DeleteStream(c->js, c->stream, NULL, &jerr);
     jsCtx_Destroy(c->js);
     natsConnection_Destroy(c->nc);
@@ -632,16 +640,27 @@ test_sigterm_stops_everything(void **state)
 {
     outbox_stats_snapshot_t *s = snap_new();
     int64_t pids[8], kp;
-    char shm[128];
+    char shm[128], pidfile[160], extra[200];
     PGconn *pg;
     int i, n, st;
     ctx_t c;
     (void)state;
 
     ctx_open(&c, "sup_term");
-    write_conf(&c, 3, NULL);
+    snprintf(pidfile, sizeof(pidfile), "/tmp/outbox-sup-%s.pid", c.prefix);
+    snprintf(extra, sizeof(extra), "pid_file = %s\n", pidfile);
+    write_conf(&c, 3, extra);
     sup_start(&c);
     wait_ready(&c, 3, 20000);
+    {
+        FILE *f = fopen(pidfile, "r");
+        long pid = 0;
+
+        assert_non_null(f);
+        assert_int_equal(fscanf(f, "%ld", &pid), 1);
+        fclose(f);
+        assert_int_equal(pid, c.sup);
+    }
     pg = th_connect(c.db);
     assert_int_equal(snap(&c, s), 0);
     assert_int_equal(ready_relays(s, pids, 8), 3);
@@ -655,6 +674,7 @@ test_sigterm_stops_everything(void **state)
     for (i = 0; i < 3; i++)
         assert_false(alive((pid_t)pids[i]));
     assert_false(alive((pid_t)kp));
+    assert_int_equal(access(pidfile, F_OK), -1); /* removed at exit */
     assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE locked_by IS NOT NULL"), 0);
     snprintf(shm, sizeof(shm), "/outbox-%s", c.prefix);
     assert_int_equal(shm_open(shm, O_RDONLY, 0), -1);
@@ -710,6 +730,63 @@ test_hung_worker_replaced(void **state)
         th_sleep_ms(50);
     }
     assert_true(log_has(&c, "no heartbeat for"));
+    assert_int_equal(WEXITSTATUS(th_stop(c.sup, 20000)), 0);
+    c.sup = 0;
+    ctx_close(&c);
+    free(s);
+}
+
+/* A worker that keeps dying right after it starts is respawned with a
+ * growing delay (1 s, 2 s, 4 s ...), not in a hot loop; the supervisor
+ * counts the crashes. */
+static void
+test_crash_loop_backs_off(void **state)
+{
+    outbox_stats_snapshot_t *s = snap_new();
+    int64_t seen_at[5], deadline, last = 0, pid;
+    int k;
+    ctx_t c;
+    (void)state;
+
+    ctx_open(&c, "sup_loop");
+    write_conf(&c, 1, NULL);
+    sup_start(&c);
+    wait_ready(&c, 1, 20000);
+    for (k = 0; k < 5; k++) {
+        /* wait for a new relay pid, note when it appeared, kill it at once */
+        deadline = th_now_ms() + 30000;
+        for (;;) {
+            pid = 0;
+            if (snap(&c, s) == 0) {
+                unsigned i;
+
+                for (i = 0; i < s->nslots; i++)
+                    if (s->slot[i].role == OUTBOX_ROLE_RELAY && s->slot[i].pid != last &&
+                        s->slot[i].pid > 0)
+                        pid = s->slot[i].pid;
+            }
+            if (pid != 0)
+                break;
+            if (th_now_ms() > deadline) {
+                dump_log(&c);
+                fail_msg("no respawn %d", k);
+            }
+            th_sleep_ms(10);
+        }
+        seen_at[k] = th_now_ms();
+        kill((pid_t)pid, SIGKILL);
+        last = pid;
+    }
+    /* Each victim died well within 1 s of its start: 1 s, 2 s, 4 s apart
+     * (the first respawn may be immediate if the first worker ran > 1 s). */
+    assert_true(seen_at[2] - seen_at[1] >= 900);
+    assert_true(seen_at[3] - seen_at[2] >= 1900);
+    assert_true(seen_at[4] - seen_at[3] >= 3900);
+    assert_true(log_has(&c, "keeps failing: next start in 4s"));
+    deadline = th_now_ms() + 5000; /* the last kill is reaped within a tick */
+    while (snap(&c, s) == 0 && s->crashes < 5 && th_now_ms() < deadline)
+        th_sleep_ms(20);
+    assert_true(s->crashes >= 5);
     assert_int_equal(WEXITSTATUS(th_stop(c.sup, 20000)), 0);
     c.sup = 0;
     ctx_close(&c);
@@ -860,6 +937,7 @@ main(void)
         cmocka_unit_test(test_ttin_ttou_usr2),
         cmocka_unit_test(test_sigterm_stops_everything),
         cmocka_unit_test(test_hung_worker_replaced),
+        cmocka_unit_test(test_crash_loop_backs_off),
         cmocka_unit_test(test_second_supervisor_and_stale_region),
         cmocka_unit_test(test_incompatible_layout_refused),
     };
