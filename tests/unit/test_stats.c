@@ -731,7 +731,7 @@ test_slots_and_totals(void **state)
 
 /* A writer runs until the reader has seen enough, or for at most
  * RACE_ITERS steps or RACE_US: whichever comes first. */
-#define RACE_ITERS 1000000
+#define RACE_ITERS 100000000 /* the 2 s bound ends it first, even under ASan or load */
 #define RACE_US 2000000
 #define RACE_MOVING 50000 /* views that saw the writer move on */
 
