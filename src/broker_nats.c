@@ -43,7 +43,8 @@ typedef struct nats_broker {
     outbox_nats_mode_t mode;
     int64_t timeout_ms;
     char url[512]; /* redacted */
-    bool published_async; /* cnats 3.4.1's pending-list calls crash before the first async publish */
+    bool
+        published_async; /* cnats 3.4.1's pending-list calls crash before the first async publish */
 
     /* Per-batch arrays, grown to the largest batch seen and kept. */
     natsMsg **msgs;

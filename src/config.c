@@ -6,6 +6,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <grp.h>
 #include <ini.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -517,15 +518,39 @@ outbox_config_validate(const outbox_config_t *cfg, char *err, size_t errlen)
             return OUTBOX_ERR_CONFIG;
         }
     }
-    if (cfg->worker_timeout_ms <
-        cfg->publish_timeout_ms + cfg->statement_timeout_ms + cfg->connect_timeout_ms) {
-        snprintf(err, errlen,
-                 "worker_timeout (%lldms) must exceed publish_timeout + statement_timeout + "
-                 "connect_timeout (%lldms): a busy worker would be killed as hung",
-                 (long long)cfg->worker_timeout_ms,
-                 (long long)(cfg->publish_timeout_ms + cfg->statement_timeout_ms +
-                             cfg->connect_timeout_ms));
+    /* The longest a healthy worker goes without a heartbeat: a relay pass
+     * is a claim, a publish and a mark; a keeper tick a lock check and a
+     * retention delete; either may first wait for a reconnect. */
+    {
+        int64_t busy =
+            2 * cfg->statement_timeout_ms + cfg->publish_timeout_ms + cfg->connect_timeout_ms;
+
+        if (cfg->worker_timeout_ms <= busy) {
+            snprintf(err, errlen,
+                     "worker_timeout (%lldms) must exceed 2 x statement_timeout + "
+                     "publish_timeout + connect_timeout (%lldms): a busy worker would be "
+                     "killed as hung",
+                     (long long)cfg->worker_timeout_ms, (long long)busy);
+            return OUTBOX_ERR_CONFIG;
+        }
+    }
+    if (cfg->stats_group[0] != '\0' && getgrnam(cfg->stats_group) == NULL) {
+        snprintf(err, errlen, "stats_group: no group \"%s\"", cfg->stats_group);
         return OUTBOX_ERR_CONFIG;
+    }
+    if (cfg->pid_file[0] != '\0') {
+        char dir[1024], *slash;
+        struct stat st;
+
+        snprintf(dir, sizeof(dir), "%s", cfg->pid_file);
+        slash = strrchr(dir, '/');
+        if (slash != NULL) {
+            *(slash == dir ? slash + 1 : slash) = '\0';
+            if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+                snprintf(err, errlen, "pid_file: directory %s does not exist", dir);
+                return OUTBOX_ERR_CONFIG;
+            }
+        }
     }
     outbox_config_dispatcher_settings(cfg, &s);
     if (outbox_dispatcher_settings_validate(&s, err, errlen) != OUTBOX_OK)

@@ -31,7 +31,8 @@ struct outbox_dispatcher {
     bool more;     /* the last claim was a full batch */
     bool unmarked; /* batch/res/marks hold marks not yet applied */
     int64_t next_process, next_lock_check, next_cleanup;
-    int errors; /* consecutive failed process passes, for backoff */
+    int errors;    /* consecutive failed process passes, for backoff */
+    int lc_errors; /* consecutive failed lock checks (the keeper has no process job) */
 
     outbox_batch_t batch;
     outbox_pub_result_t *res;
@@ -388,12 +389,12 @@ outbox_dispatcher_release(outbox_dispatcher_t *d)
 }
 
 static int64_t
-error_backoff(outbox_dispatcher_t *d)
+error_backoff(int errors)
 {
     int64_t ms = ERR_BACKOFF_MIN_MS;
     int i;
 
-    for (i = 1; i < d->errors && ms < ERR_BACKOFF_MAX_MS; i++)
+    for (i = 1; i < errors && ms < ERR_BACKOFF_MAX_MS; i++)
         ms *= 2;
     return ms < ERR_BACKOFF_MAX_MS ? ms : ERR_BACKOFF_MAX_MS;
 }
@@ -412,7 +413,7 @@ outbox_dispatcher_tick(outbox_dispatcher_t *d, int64_t now, int64_t *wait_ms)
         rc = outbox_dispatcher_process(d, NULL);
         if (rc != OUTBOX_OK) {
             d->errors++;
-            d->next_process = now + error_backoff(d);
+            d->next_process = now + error_backoff(d->errors);
             first = rc;
         } else {
             d->errors = 0;
@@ -421,8 +422,9 @@ outbox_dispatcher_tick(outbox_dispatcher_t *d, int64_t now, int64_t *wait_ms)
     }
     if (d->run_lock_check && now >= d->next_lock_check) {
         rc = outbox_dispatcher_check_locks(d, NULL);
+        d->lc_errors = rc == OUTBOX_OK ? 0 : d->lc_errors + 1;
         d->next_lock_check =
-            now + (rc == OUTBOX_OK ? d->s.lock_check_interval_ms : error_backoff(d));
+            now + (rc == OUTBOX_OK ? d->s.lock_check_interval_ms : error_backoff(d->lc_errors));
         if (first == OUTBOX_OK)
             first = rc;
     }

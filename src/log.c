@@ -95,9 +95,11 @@ outbox_log(int level, const char *fmt, ...)
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
     n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-    n += (size_t)snprintf(buf + n, sizeof(buf) - n, ".%03dZ %s[%d] %s: ",
-                          (int)(tv.tv_usec / 1000), log_ident, (int)getpid(),
-                          level_names[level < 0 ? 0 : level > 3 ? 3 : level]);
+    n += (size_t)snprintf(buf + n, sizeof(buf) - n, ".%03dZ %s[%d] %s: ", (int)(tv.tv_usec / 1000),
+                          log_ident, (int)getpid(),
+                          level_names[level < 0   ? 0
+                                      : level > 3 ? 3
+                                                  : level]);
     va_start(ap, fmt);
     if (n < sizeof(buf))
         n += (size_t)vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);

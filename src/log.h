@@ -21,10 +21,10 @@ void outbox_log(int level, const char *fmt, ...) __attribute__((format(printf, 2
 #define log_error(...) outbox_log(OUTBOX_LOG_ERROR, __VA_ARGS__)
 #define log_warn(...) outbox_log(OUTBOX_LOG_WARN, __VA_ARGS__)
 #define log_info(...) outbox_log(OUTBOX_LOG_INFO, __VA_ARGS__)
-#define log_debug(...)                                                                         \
-    do {                                                                                       \
-        if (outbox_log_enabled(OUTBOX_LOG_DEBUG))                                              \
-            outbox_log(OUTBOX_LOG_DEBUG, __VA_ARGS__);                                         \
+#define log_debug(...)                                                                             \
+    do {                                                                                           \
+        if (outbox_log_enabled(OUTBOX_LOG_DEBUG))                                                  \
+            outbox_log(OUTBOX_LOG_DEBUG, __VA_ARGS__);                                             \
     } while (0)
 
 #endif

@@ -10,13 +10,13 @@
 
 #include "outbox/mock.h"
 
-#define MOCK_FAIL(m)                                                                           \
-    do {                                                                                       \
-        if ((m)->fail_next > 0) {                                                              \
-            (m)->fail_next--;                                                                  \
-            snprintf((m)->base.err, sizeof((m)->base.err), "mock store: injected failure");    \
-            return (m)->fail_status;                                                           \
-        }                                                                                      \
+#define MOCK_FAIL(m)                                                                               \
+    do {                                                                                           \
+        if ((m)->fail_next > 0) {                                                                  \
+            (m)->fail_next--;                                                                      \
+            snprintf((m)->base.err, sizeof((m)->base.err), "mock store: injected failure");        \
+            return (m)->fail_status;                                                               \
+        }                                                                                          \
     } while (0)
 
 static size_t
@@ -49,8 +49,8 @@ copy_out(outbox_batch_t *b, const outbox_mock_record_t *r)
     o->msg.body = outbox_batch_alloc(b, r->body_len + 1);
     memcpy((void *)o->msg.body, r->body, r->body_len);
     o->msg.body_len = r->body_len;
-    o->locked_by = r->locked_by[0] ? outbox_batch_strdup(b, r->locked_by, strlen(r->locked_by))
-                                   : NULL;
+    o->locked_by =
+        r->locked_by[0] ? outbox_batch_strdup(b, r->locked_by, strlen(r->locked_by)) : NULL;
     o->last_error =
         r->last_error[0] ? outbox_batch_strdup(b, r->last_error, strlen(r->last_error)) : NULL;
     h = outbox_batch_headers(b, r->nhdr);
@@ -248,7 +248,7 @@ mock_purge(outbox_store_t *s, int64_t retention_ms, int64_t dead_retention_ms, i
     MOCK_FAIL(m);
     for (i = 0; i < m->n; i++) {
         outbox_mock_record_t *r = &m->recs[i];
-        int64_t keep_ms = r->state == OUTBOX_STATE_DELIVERED             ? retention_ms
+        int64_t keep_ms = r->state == OUTBOX_STATE_DELIVERED              ? retention_ms
                           : r->state == OUTBOX_STATE_MAX_ATTEMPTS_REACHED ? dead_retention_ms
                                                                           : -1;
 
@@ -302,8 +302,7 @@ outbox_mock_store_create(outbox_mock_store_t **out)
 }
 
 int
-outbox_mock_store_add(outbox_mock_store_t *m, const char *topic, const char *key,
-                      const char *body)
+outbox_mock_store_add(outbox_mock_store_t *m, const char *topic, const char *key, const char *body)
 {
     outbox_mock_record_t *r;
 
@@ -420,8 +419,7 @@ outbox_mock_broker_create(outbox_mock_broker_t **out)
 }
 
 int
-outbox_mock_store_add_header(outbox_mock_store_t *m, int idx, const char *name,
-                             const char *value)
+outbox_mock_store_add_header(outbox_mock_store_t *m, int idx, const char *name, const char *value)
 {
     outbox_mock_record_t *r;
 

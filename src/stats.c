@@ -56,6 +56,15 @@ now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+int64_t
+outbox_stats_mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 int
 outbox_stats_shm_name(const char *instance, char *buf, size_t len)
 {
@@ -482,6 +491,7 @@ outbox_stats_slot_alloc(outbox_stats_region_t *r, int role, unsigned worker_no,
     atomic_store_explicit(&s->incarnation, incarnation, RLX);
     atomic_store_explicit(&s->started_us, now, RLX);
     atomic_store_explicit(&s->heartbeat_us, now, RLX);
+    atomic_store_explicit(&s->heartbeat_mono_us, outbox_stats_mono_us(), RLX);
     /* plain bytes, like every seqlock payload that is not a word */
     memset(s->lock_id, 0, sizeof(s->lock_id));
     if (lock_id != NULL) {
@@ -566,6 +576,7 @@ outbox_stats_set_state(outbox_stats_slot_t *s, unsigned state)
 
     atomic_store_explicit(&s->state, state, RLX);
     atomic_store_explicit(&s->heartbeat_us, now_us(), RLX);
+    atomic_store_explicit(&s->heartbeat_mono_us, outbox_stats_mono_us(), RLX);
     write_end(&s->seq, q);
 }
 
@@ -575,6 +586,8 @@ outbox_stats_heartbeat(outbox_stats_slot_t *s)
     uint32_t q = write_begin(&s->seq);
 
     atomic_store_explicit(&s->heartbeat_us, now_us(), RLX);
+
+    atomic_store_explicit(&s->heartbeat_mono_us, outbox_stats_mono_us(), RLX);
     write_end(&s->seq, q);
 }
 
@@ -586,6 +599,7 @@ outbox_stats_set_ready(outbox_stats_slot_t *s)
 
     atomic_store_explicit(&s->ready_us, now, RLX);
     atomic_store_explicit(&s->heartbeat_us, now, RLX);
+    atomic_store_explicit(&s->heartbeat_mono_us, outbox_stats_mono_us(), RLX);
     write_end(&s->seq, q);
 }
 
@@ -670,6 +684,7 @@ read_slot(const outbox_stats_slot_t *s, outbox_stats_slot_snap_t *o, unsigned nc
             o->started_us = atomic_load_explicit(&s->started_us, RLX);
             o->ready_us = atomic_load_explicit(&s->ready_us, RLX);
             o->heartbeat_us = atomic_load_explicit(&s->heartbeat_us, RLX);
+            o->heartbeat_mono_us = atomic_load_explicit(&s->heartbeat_mono_us, RLX);
             o->last_batch_size = atomic_load_explicit(&s->last_batch_size, RLX);
             o->last_batch_us = atomic_load_explicit(&s->last_batch_us, RLX);
             memcpy(o->lock_id, s->lock_id, sizeof(o->lock_id));

@@ -75,9 +75,11 @@ typedef struct outbox_stats_slot {
     _Atomic uint32_t worker_no; /* logical worker number (lock id's slot) */
     _Atomic int64_t pid;
     _Atomic uint64_t incarnation;
-    _Atomic int64_t started_us;   /* CLOCK_REALTIME, us */
-    _Atomic int64_t ready_us;     /* 0 until connected + one claim pass */
-    _Atomic int64_t heartbeat_us; /* CLOCK_REALTIME, us; main loop only */
+    _Atomic int64_t started_us;        /* CLOCK_REALTIME, us */
+    _Atomic int64_t ready_us;          /* 0 until connected + one claim pass */
+    _Atomic int64_t heartbeat_us;      /* CLOCK_REALTIME, us; main loop only */
+    _Atomic int64_t heartbeat_mono_us; /* CLOCK_MONOTONIC: what hang detection compares,
+                                        * immune to clock steps */
     _Atomic uint64_t last_batch_size;
     _Atomic uint64_t last_batch_us; /* claim -> marks written */
     _Atomic uint64_t release_acked; /* keeper: last lock-release request done */
@@ -180,7 +182,7 @@ typedef struct outbox_stats_slot_snap {
     unsigned state, role, worker_no;
     int64_t pid;
     uint64_t incarnation;
-    int64_t started_us, ready_us, heartbeat_us;
+    int64_t started_us, ready_us, heartbeat_us, heartbeat_mono_us;
     uint64_t last_batch_size, last_batch_us;
     char lock_id[OUTBOX_STATS_LOCKID_MAX];
     uint64_t counters[OUTBOX_STATS_MAX_COUNTERS]; /* ncounters used */
@@ -215,6 +217,9 @@ void outbox_stats_close_ro(const outbox_stats_region_t *r);
 /* A consistent snapshot (retries on seq); 0, or -1 if the region was shut
  * down (magic zeroed) or kept changing. */
 int outbox_stats_snapshot(const outbox_stats_region_t *r, outbox_stats_snapshot_t *out);
+/* CLOCK_MONOTONIC in us, the clock of heartbeat_mono_us. */
+int64_t outbox_stats_mono_us(void);
+
 /* Is the region's supervisor alive? (kill(pid, 0); EPERM counts as alive) */
 bool outbox_stats_supervisor_alive(const outbox_stats_region_t *r);
 

@@ -33,8 +33,8 @@ outbox_store_clear_locks_by_lock_id(outbox_store_t *s, const char *lock_id, int6
 }
 
 int
-outbox_store_purge(outbox_store_t *s, int64_t retention_ms, int64_t dead_retention_ms,
-                   int limit, int64_t *deleted)
+outbox_store_purge(outbox_store_t *s, int64_t retention_ms, int64_t dead_retention_ms, int limit,
+                   int64_t *deleted)
 {
     return s->ops->purge(s, retention_ms, dead_retention_ms, limit, deleted);
 }

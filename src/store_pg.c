@@ -75,7 +75,9 @@ static const struct {
     [S_BY_LOCK] = {"outbox_by_lock",
                    1,
                    {TEXTOID},
-                   "SELECT " COLS " FROM @T@ WHERE locked_by = $1 ORDER BY seq"},
+                   /* every mark clears the lock: only pending rows hold one, and
+                    * the filter keeps this on the pending index */
+                   "SELECT " COLS " FROM @T@ WHERE state = 0 AND locked_by = $1 ORDER BY seq"},
     /* Fast path when every mark is DELIVERED with one charge. */
     [S_DELIVERED] = {"outbox_delivered",
                      2,
@@ -114,7 +116,8 @@ static const struct {
     [S_UNLOCK] = {"outbox_unlock",
                   1,
                   {TEXTOID},
-                  "UPDATE @T@ SET locked_by = NULL, locked_on = NULL WHERE locked_by = $1"},
+                  "UPDATE @T@ SET locked_by = NULL, locked_on = NULL WHERE state = 0"
+                  " AND locked_by = $1"},
     /* A NULL retention keeps that kind: the comparison is never true. The
      * ids come from an InitPlan evaluated once, so at most $3 rows go. */
     [S_PURGE] = {"outbox_purge",

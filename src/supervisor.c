@@ -248,6 +248,7 @@ spawn(sup_t *s, int role, unsigned no)
 {
     char lock_id[OUTBOX_STATS_LOCKID_MAX], slotbuf[16], parent[16], nm[32];
     char *argv[20];
+    sigset_t all, old_mask;
     int slot, pfd[2] = {-1, -1}, argc = 0;
     pid_t pid;
     proc_t *p;
@@ -289,7 +290,14 @@ spawn(sup_t *s, int role, unsigned no)
     }
     argv[argc] = NULL;
 
+    /* Block every signal across fork and exec: a stop sent to the child
+     * before its own handlers exist stays pending (exec keeps it) instead of
+     * running our inherited handler in the child, where it would be lost. */
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old_mask);
     pid = fork();
+    if (pid != 0)
+        sigprocmask(SIG_SETMASK, &old_mask, NULL);
     if (pid < 0) {
         log_error("fork() failed: %s", strerror(errno));
         if (pfd[0] >= 0) {
@@ -300,16 +308,15 @@ spawn(sup_t *s, int role, unsigned no)
         return -1;
     }
     if (pid == 0) {
-        sigset_t none;
         int cfd, rfd = -1;
 
         /* The child: die with the supervisor, take the fds, run the binary
          * on disk (after an upgrade: the new code). */
+        /* Signals are still blocked (see above) and stay so through exec:
+         * the worker unblocks them once its handlers are installed. */
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         if (getppid() != s->self)
             _exit(1);
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
         cfd = fcntl(s->cfg_fd, F_DUPFD, 10);
         if (pfd[0] >= 0)
             rfd = fcntl(pfd[0], F_DUPFD, 10);
@@ -350,7 +357,10 @@ send_stop(sup_t *s, int slot, bool retire)
         return;
     p->stop_sent = true;
     p->stop_ms = now_ms();
-    kill(p->pid, SIGTERM);
+    /* The keeper ignores TERM/INT while we live (a Ctrl-C or a cgroup-wide
+     * TERM reaches it too, and it must outlast the relays' drain): it
+     * stops on USR2 from us. */
+    kill(p->pid, p->role == OUTBOX_ROLE_KEEPER ? SIGUSR2 : SIGTERM);
 }
 
 static void
@@ -480,7 +490,9 @@ reaped(sup_t *s, int slot, int st)
         atomic_fetch_add_explicit(&s->r->hdr.sup.crashes, 1, memory_order_relaxed);
     }
     /* Exact lock id: its claimed records are free now, not after max_lock_time. */
-    if (p->role == OUTBOX_ROLE_RELAY && !clean && !fatal)
+    /* A worker that exited by itself released its own locks on the way out
+     * (unless the database was away); one killed or crashed did not. */
+    if (p->role == OUTBOX_ROLE_RELAY && (WIFSIGNALED(st) || (!clean && !fatal && p->ready_ms != 0)))
         queue_release(s, p->lock_id);
     if (p->release_wfd >= 0)
         close(p->release_wfd);
@@ -596,7 +608,7 @@ reconcile(sup_t *s)
 static void
 watch(sup_t *s)
 {
-    int64_t t = now_ms(), rt = real_us(), hb;
+    int64_t t = now_ms(), mt = outbox_stats_mono_us(), hb;
     char why[96];
     int i;
 
@@ -609,10 +621,11 @@ watch(sup_t *s)
             send_kill(s, i, "still running after drain_timeout");
             continue;
         }
-        hb = atomic_load_explicit(&s->r->slots[i].heartbeat_us, memory_order_relaxed);
-        if (hb != 0 && (rt - hb) / 1000 > s->cfg.worker_timeout_ms) {
+        /* monotonic: a wall-clock step must not look like a hang */
+        hb = atomic_load_explicit(&s->r->slots[i].heartbeat_mono_us, memory_order_relaxed);
+        if (hb != 0 && (mt - hb) / 1000 > s->cfg.worker_timeout_ms) {
             snprintf(why, sizeof(why), "no heartbeat for %llds (worker_timeout)",
-                     (long long)((rt - hb) / 1000000));
+                     (long long)((mt - hb) / 1000000));
             atomic_fetch_add_explicit(&s->r->hdr.sup.heartbeat_kills, 1, memory_order_relaxed);
             send_kill(s, i, why);
         }

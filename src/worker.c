@@ -287,6 +287,8 @@ apply_releases(worker_t *w)
             }
             if (freed > 0)
                 log_info("released %lld records still locked by %s", (long long)freed, sp + 1);
+            if (w->slot != NULL)
+                outbox_stats_heartbeat(w->slot); /* one statement per request */
             w->releases_freed += (uint64_t)freed;
             if (w->slot != NULL)
                 atomic_store_explicit(&w->slot->release_acked, seq, memory_order_release);
@@ -311,8 +313,16 @@ wait_and_handle(worker_t *w, int64_t timeout_ms)
     if (timeout_ms > 0)
         poll(pfd, 2, (int)timeout_ms);
     flags = outbox_signals_take();
-    if (flags & OUTBOX_SIG_STOP)
+    if (w->spec->role == OUTBOX_ROLE_KEEPER && w->spec->parent != 0) {
+        /* The supervisor stops the keeper last, with USR2, once the relays
+         * have drained; a TERM/INT to the whole group must not end it
+         * first. Orphaned, it stops on anything. */
+        if ((flags & OUTBOX_SIG_RESTART) ||
+            ((flags & OUTBOX_SIG_STOP) && getppid() != w->spec->parent))
+            w->stop = true;
+    } else if (flags & OUTBOX_SIG_STOP) {
         w->stop = true;
+    }
     if (flags & OUTBOX_SIG_REOPEN)
         outbox_log_reopen();
     if (w->spec->parent != 0 && getppid() != w->spec->parent) {
@@ -345,6 +355,7 @@ outbox_worker_run(const outbox_worker_spec_t *spec)
         free(w);
         return 1;
     }
+    outbox_signals_block(0); /* the supervisor execs us with them blocked */
     if (w->slot != NULL)
         outbox_stats_heartbeat(w->slot);
     w->backoff_ms = CONNECT_BACKOFF_MIN_MS;

@@ -352,7 +352,8 @@ print_json(FILE *f, const outbox_stats_region_t *r, const outbox_stats_snapshot_
             ",\"live_workers\":%u,\"sup_heartbeat_us\":%" PRId64
             ",\"supervisor_alive\":%s,\"stale\":%s",
             s->supervisor_pid, s->generation, s->start_us, s->taken_us,
-            sup_state_name(s->sup_state), s->target_workers, s->live_workers, s->sup_heartbeat_us,
+            is_stale(r, s) ? "stale" : sup_state_name(s->sup_state), s->target_workers,
+            s->live_workers, s->sup_heartbeat_us,
             outbox_stats_supervisor_alive(r) ? "true" : "false", is_stale(r, s) ? "true" : "false");
     fprintf(f,
             ",\"supervisor\":{\"spawns\":%" PRIu64 ",\"crashes\":%" PRIu64 ",\"restarts\":%" PRIu64
@@ -434,7 +435,8 @@ prom_head(FILE *f, const char *name, const char *type, const char *help)
 static void
 prom_inst(FILE *f, const outbox_stats_snapshot_t *s)
 {
-    fputs("instance=\"", f);
+    /* not "instance": Prometheus sets that label to the scrape target */
+    fputs("outbox_instance=\"", f);
     prom_value(f, s->instance, sizeof(s->instance));
     fputc('"', f);
 }

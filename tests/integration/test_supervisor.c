@@ -474,8 +474,8 @@ test_kill9_worker_respawned_locks_released(void **state)
         char want[160];
         char *text = outboxstat_text(&c, "--prometheus", 0);
 
-        snprintf(want, sizeof(want), "outbox_delivered_total{instance=\"%s\"} %lld\n", c.prefix,
-                 th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 1"));
+        snprintf(want, sizeof(want), "outbox_delivered_total{outbox_instance=\"%s\"} %lld\n",
+                 c.prefix, th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 1"));
         assert_non_null(strstr(text, want));
         assert_non_null(strstr(text, "# TYPE outbox_delivered_total counter"));
         assert_non_null(strstr(text, "outbox_worker_delivered_total{"));
@@ -709,7 +709,7 @@ test_hung_worker_replaced(void **state)
     ctx_open(&c, "sup_hung");
     write_conf(&c, 1,
                "publish_timeout = 1s\nstatement_timeout = 1s\nconnect_timeout = 1s\n"
-               "max_lock_time = 10s\nworker_timeout = 4s\n");
+               "max_lock_time = 10s\nworker_timeout = 5s\n");
     sup_start(&c);
     wait_ready(&c, 1, 20000);
     assert_int_equal(snap(&c, s), 0);
@@ -734,6 +734,115 @@ test_hung_worker_replaced(void **state)
     c.sup = 0;
     ctx_close(&c);
     free(s);
+}
+
+/* Start the supervisor as the leader of its own process group (as a shell
+ * or systemd does), so the test can signal the whole group. */
+static pid_t
+sup_start_group(ctx_t *c)
+{
+    char bin[512];
+    char *argv[] = {bin, "-c", c->conf, "run", NULL};
+    pid_t p;
+
+    th_bin(bin, sizeof(bin), "outboxd");
+    p = fork();
+    assert_true(p >= 0);
+    if (p == 0) {
+        int fd = open(c->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+
+        setsid();
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execv(bin, argv);
+        _exit(127);
+    }
+    c->sup = p;
+    return p;
+}
+
+/* Ctrl-C (SIGINT to the whole process group) reaches the keeper too: it
+ * must still stop last, and free the records of a relay killed at the
+ * drain. */
+static void
+test_group_interrupt_keeper_stops_last(void **state)
+{
+    outbox_stats_snapshot_t *s = snap_new();
+    int64_t pids[8];
+    char victim_lock[OUTBOX_STATS_LOCKID_MAX];
+    PGconn *pg;
+    unsigned i;
+    int st;
+    ctx_t c;
+    (void)state;
+
+    ctx_open(&c, "sup_group");
+    write_conf(&c, 2, "drain_timeout = 2s\nlock_check_interval = 10m\nmax_lock_time = 10m\n");
+    sup_start_group(&c);
+    wait_ready(&c, 2, 20000);
+    pg = th_connect(c.db);
+    assert_int_equal(snap(&c, s), 0);
+    assert_int_equal(ready_relays(s, pids, 8), 2);
+    victim_lock[0] = '\0';
+    for (i = 0; i < s->nslots; i++)
+        if (s->slot[i].pid == pids[0])
+            snprintf(victim_lock, sizeof(victim_lock), "%s", s->slot[i].lock_id);
+    kill((pid_t)pids[0], SIGSTOP); /* will not drain: killed at drain_timeout */
+    th_exec(pg, "BEGIN");
+    th_exec(pg,
+            "SELECT outbox_enqueue('%s.held', 'h', '{}', 'held'::bytea) "
+            "FROM generate_series(1, 20)",
+            c.prefix);
+    th_exec(pg, "UPDATE outbox SET locked_by = '%s', locked_on = now() WHERE topic = '%s.held'",
+            victim_lock, c.prefix);
+    th_exec(pg, "COMMIT");
+    kill(-c.sup, SIGINT);
+    assert_int_equal(th_wait(c.sup, 30000, &st), 1);
+    c.sup = 0;
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    if (th_query_ll(pg, "SELECT count(*) FROM outbox WHERE locked_by IS NOT NULL") != 0) {
+        dump_log(&c);
+        fail_msg("records of the relay killed at the drain are still locked");
+    }
+    assert_true(log_has(&c, "released 20 records still locked by"));
+    assert_false(log_has(&c, "error: keeper")); /* its exit is not a crash */
+    PQfinish(pg);
+    ctx_close(&c);
+    free(s);
+}
+
+/* A stop right after a worker is forked (TTIN, then TERM at once) is not
+ * lost between fork and exec: the supervisor exits well within
+ * drain_timeout, no worker is killed. */
+static void
+test_stop_right_after_spawn(void **state)
+{
+    int k, st;
+    ctx_t c;
+    (void)state;
+
+    ctx_open(&c, "sup_race");
+    write_conf(&c, 1, "drain_timeout = 20s\n");
+    for (k = 0; k < 6; k++) {
+        int64_t t0;
+
+        sup_start(&c);
+        wait_ready(&c, 1, 20000);
+        kill(c.sup, SIGTTIN);
+        if (k % 2)
+            th_sleep_ms(k); /* land in fork, exec or handler setup */
+        kill(c.sup, SIGTERM);
+        t0 = th_now_ms();
+        assert_int_equal(th_wait(c.sup, 15000, &st), 1);
+        assert_true(WIFEXITED(st));
+        assert_int_equal(WEXITSTATUS(st), 0);
+        assert_true(th_now_ms() - t0 < 10000);
+        c.sup = 0;
+    }
+    assert_false(log_has(&c, "still running after drain_timeout"));
+    assert_false(log_has(&c, "killed by signal 15"));
+    ctx_close(&c);
 }
 
 /* A worker that keeps dying right after it starts is respawned with a
@@ -938,6 +1047,8 @@ main(void)
         cmocka_unit_test(test_sigterm_stops_everything),
         cmocka_unit_test(test_hung_worker_replaced),
         cmocka_unit_test(test_crash_loop_backs_off),
+        cmocka_unit_test(test_group_interrupt_keeper_stops_last),
+        cmocka_unit_test(test_stop_right_after_spawn),
         cmocka_unit_test(test_second_supervisor_and_stale_region),
         cmocka_unit_test(test_incompatible_layout_refused),
     };

@@ -116,6 +116,9 @@ test_cross_checks(void **state)
         {"instance", "a/b", "instance"},
         {"instance", "has space", "instance"},
         {"worker_timeout", "20s", "worker_timeout"},
+        {"worker_timeout", "80s", "worker_timeout"}, /* 2 x 30 + 10 + 10: not more */
+        {"stats_group", "no-such-group-here", "stats_group"},
+        {"pid_file", "/nonexistent-dir/x.pid", "pid_file"},
     };
     char *k[1], *v[1], err[512];
     outbox_config_t cfg;

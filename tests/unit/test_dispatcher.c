@@ -604,6 +604,34 @@ test_tick_backs_off_on_errors(void **state)
     done(&f);
 }
 
+/* The keeper runs the lock check without a process job: its failures back
+ * off on their own count too, instead of retrying every 100 ms. */
+static void
+test_lock_check_alone_backs_off_on_errors(void **state)
+{
+    fx_t f;
+    int64_t wait = -1, t = 0;
+    (void)state;
+
+    assert_int_equal(make(&f, 1), 0);
+    start(&f);
+    outbox_dispatcher_set_jobs(f.d, false, true, false);
+    f.store->fail_next = 100;
+    assert_int_not_equal(outbox_dispatcher_tick(f.d, t, &wait), OUTBOX_OK);
+    assert_int_equal(wait, 100);
+    assert_int_not_equal(outbox_dispatcher_tick(f.d, t += wait, &wait), OUTBOX_OK);
+    assert_int_equal(wait, 200);
+    assert_int_not_equal(outbox_dispatcher_tick(f.d, t += wait, &wait), OUTBOX_OK);
+    assert_int_equal(wait, 400);
+    for (int i = 0; i < 20; i++)
+        outbox_dispatcher_tick(f.d, t += wait, &wait);
+    assert_int_equal(wait, 10000);
+    f.store->fail_next = 0;
+    assert_int_equal(outbox_dispatcher_tick(f.d, t += wait, &wait), OUTBOX_OK);
+    assert_int_equal(wait, f.s.lock_check_interval_ms);
+    done(&f);
+}
+
 static void
 test_retry_delay_policy(void **state)
 {
@@ -727,6 +755,7 @@ main(void)
         cmocka_unit_test(test_batch_bound_and_order),
         cmocka_unit_test(test_tick_schedules_jobs),
         cmocka_unit_test(test_tick_backs_off_on_errors),
+        cmocka_unit_test(test_lock_check_alone_backs_off_on_errors),
         cmocka_unit_test(test_retry_delay_policy),
         cmocka_unit_test(test_jitter_stays_in_range),
         cmocka_unit_test(test_settings_validation),
