@@ -33,6 +33,7 @@ typedef struct key {
 
 static const char *const nats_modes[] = {"jetstream", "core", NULL};
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
+static const char *const wakeups[] = {"notify", "poll", NULL};
 
 #define OFF(f) offsetof(outbox_config_t, f)
 #define DAY (24.0 * 3600 * 1000)
@@ -57,6 +58,8 @@ static const cfg_key_t keys[] = {
      "records claimed and published per batch"},
     {"process_interval", T_DUR, "1s", "duration", 1, DAY, true, OFF(process_interval_ms), NULL,
      "poll period while the outbox is idle"},
+    {"linger", T_DUR, "50ms", "duration", 0, DAY, true, OFF(linger_ms), NULL,
+     "after work, re-poll at 1 ms doubling until the gap exceeds this, then go idle (0: off)"},
     {"lock_check_interval", T_DUR, "15s", "duration", 1, DAY, true, OFF(lock_check_interval_ms),
      NULL, "how often locks older than max_lock_time are freed"},
     {"max_lock_time", T_DUR, "1m", "duration", 1, DAY, true, OFF(max_lock_time_ms), NULL,
@@ -86,6 +89,9 @@ static const cfg_key_t keys[] = {
      NULL, "PostgreSQL and NATS connect time-out"},
     {"statement_timeout", T_DUR, "30s", "duration", 0, 3600 * 1000.0, true,
      OFF(statement_timeout_ms), NULL, "PostgreSQL statement_timeout of the relay (0: none)"},
+    {"wakeup", T_ENUM, "notify", "notify|poll", 0, 0, true, OFF(wakeup), wakeups,
+     "notify: an idle worker LISTENs and producers' inserts wake it (no NOTIFY while busy); "
+     "poll: process_interval only"},
     {"workers", T_INT, "1", "processes", 1, OUTBOX_STATS_MAX_WORKERS, true, OFF(workers), NULL,
      "relay worker processes (SIGTTIN/SIGTTOU add or remove one)"},
     {"instance", T_STR, "", "name", 0, 0, false, OFF(instance), NULL,
@@ -570,6 +576,7 @@ outbox_config_dispatcher_settings(const outbox_config_t *cfg, outbox_dispatcher_
 {
     outbox_dispatcher_settings_default(s);
     s->process_interval_ms = cfg->process_interval_ms;
+    s->linger_ms = cfg->linger_ms;
     s->lock_check_interval_ms = cfg->lock_check_interval_ms;
     s->max_lock_time_ms = cfg->max_lock_time_ms;
     s->cleanup_interval_ms = cfg->cleanup_interval_ms;
@@ -838,6 +845,12 @@ outbox_config_restart_keys(const outbox_config_t *a, const outbox_config_t *b, c
         if (strcmp(va, vb) != 0 && o < len)
             o += (size_t)snprintf(buf + o, len - o, "%s%s", o ? ", " : "", keys[i].name);
     }
+}
+
+const char *
+outbox_config_key_name(size_t i)
+{
+    return i < NKEYS ? keys[i].name : NULL;
 }
 
 void

@@ -26,6 +26,7 @@ typedef struct outbox_config {
 
     int64_t batch_size;
     int64_t process_interval_ms;
+    int64_t linger_ms;
     int64_t lock_check_interval_ms;
     int64_t max_lock_time_ms;
     int64_t cleanup_interval_ms;
@@ -41,6 +42,7 @@ typedef struct outbox_config {
     int64_t publish_timeout_ms;
     int64_t connect_timeout_ms;
     int64_t statement_timeout_ms;
+    int64_t wakeup; /* 0 notify, 1 poll */
 
     /* supervisor and worker pool */
     int64_t workers;
@@ -78,6 +80,7 @@ const char *outbox_config_flag_key(const char *flag);
 /* Does the key take a value? (all do; kept for flag parsing symmetry) */
 
 void outbox_config_usage(FILE *out); /* every key: default, unit, env, help */
+const char *outbox_config_key_name(size_t i); /* i-th key of the table, NULL past the end */
 void outbox_config_dump(const outbox_config_t *cfg, FILE *out); /* effective, secrets masked */
 
 void outbox_config_dispatcher_settings(const outbox_config_t *cfg, outbox_dispatcher_settings_t *s);

@@ -29,8 +29,11 @@ struct outbox_dispatcher {
     bool run_process, run_lock_check, run_cleanup;
     bool started;
     bool more;     /* the last claim was a full batch */
+    bool empty;    /* the last process pass claimed nothing */
     bool unmarked; /* batch/res/marks hold marks not yet applied */
     int64_t next_process, next_lock_check, next_cleanup;
+    int64_t gap;      /* delay before the poll after next while nothing is found */
+    int64_t last_gap; /* delay chosen after the last pass */
     int errors;    /* consecutive failed process passes, for backoff */
     int lc_errors; /* consecutive failed lock checks (the keeper has no process job) */
 
@@ -65,6 +68,7 @@ outbox_dispatcher_settings_default(outbox_dispatcher_settings_t *s)
 {
     memset(s, 0, sizeof(*s));
     s->process_interval_ms = 1000;
+    s->linger_ms = 50;
     s->lock_check_interval_ms = 15 * 1000;
     s->max_lock_time_ms = 60 * 1000;
     s->cleanup_interval_ms = 60 * 60 * 1000;
@@ -91,6 +95,7 @@ int
 outbox_dispatcher_settings_validate(const outbox_dispatcher_settings_t *s, char *err, size_t errlen)
 {
     CHECK(s->process_interval_ms > 0, "process_interval must be greater than zero");
+    CHECK(s->linger_ms >= 0, "linger must be 0 or more");
     CHECK(s->lock_check_interval_ms > 0, "lock_check_interval must be greater than zero");
     CHECK(s->max_lock_time_ms > 0, "max_lock_time must be greater than zero");
     CHECK(s->cleanup_interval_ms > 0, "cleanup_interval must be greater than zero");
@@ -288,6 +293,7 @@ outbox_dispatcher_process(outbox_dispatcher_t *d, size_t *claimed)
 
     if (claimed != NULL)
         *claimed = 0;
+    d->empty = false;
     if (d->unmarked) {
         n = d->batch.n;
         /* Never claim more while published records wait for their marks. */
@@ -306,6 +312,7 @@ outbox_dispatcher_process(outbox_dispatcher_t *d, size_t *claimed)
         return rc;
     }
     d->more = d->batch.n >= (size_t)d->s.batch_size;
+    d->empty = d->batch.n == 0;
     if (claimed != NULL)
         *claimed = d->batch.n;
     if (d->batch.n == 0)
@@ -388,6 +395,34 @@ outbox_dispatcher_release(outbox_dispatcher_t *d)
     return rc;
 }
 
+/*
+ * Delay before the next process pass. A full batch: none. Work found: the
+ * linger starts, polls 1 ms apart doubling (traffic that goes on is caught
+ * by a poll, never needing a wake-up). Nothing found: the gap keeps
+ * doubling up to process_interval; once it exceeds the linger the job is
+ * idle (outbox_dispatcher_idle).
+ */
+static int64_t
+next_gap(outbox_dispatcher_t *d)
+{
+    int64_t pi = d->s.process_interval_ms;
+
+    if (d->more)
+        return d->last_gap = 0;
+    if (!d->empty) {
+        if (d->s.linger_ms == 0) { /* one more pass at once, then idle */
+            d->gap = pi;
+            return d->last_gap = 0;
+        }
+        d->gap = 1;
+    } else if (d->gap <= 0) {
+        d->gap = pi; /* nothing found since the start */
+    }
+    d->last_gap = d->gap;
+    d->gap = d->gap * 2 < pi ? d->gap * 2 : pi;
+    return d->last_gap;
+}
+
 static int64_t
 error_backoff(int errors)
 {
@@ -417,7 +452,7 @@ outbox_dispatcher_tick(outbox_dispatcher_t *d, int64_t now, int64_t *wait_ms)
             first = rc;
         } else {
             d->errors = 0;
-            d->next_process = d->more ? now : now + d->s.process_interval_ms;
+            d->next_process = now + next_gap(d);
         }
     }
     if (d->run_lock_check && now >= d->next_lock_check) {
@@ -455,6 +490,12 @@ void
 outbox_dispatcher_wake(outbox_dispatcher_t *d)
 {
     d->next_process = INT64_MIN;
+}
+
+bool
+outbox_dispatcher_idle(const outbox_dispatcher_t *d)
+{
+    return d->empty && d->last_gap > d->s.linger_ms;
 }
 
 const outbox_dispatcher_counters_t *

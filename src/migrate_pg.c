@@ -127,12 +127,38 @@ static const char migration1[] =
     "  RETURN new_id;\n"
     "END $fn$;\n";
 
+/*
+ * Wake-up: a relay worker with nothing to do inserts a row into
+ * <table>_listeners (unlogged: no WAL) and LISTENs; an INSERT statement into
+ * the outbox notifies only while such a row exists. NOTIFY takes a
+ * cluster-wide lock held through commit, so a busy relay (no row) costs
+ * the producers one probe of a tiny table per statement, nothing more.
+ * @channel@ is derived from schema and table (outbox_pg_channel()).
+ */
+static const char migration2[] =
+    "CREATE UNLOGGED TABLE @q:_listeners@ (\n"
+    "  lock_id text PRIMARY KEY,\n"
+    "  backend_pid integer NOT NULL DEFAULT pg_backend_pid(),\n"
+    "  since timestamptz NOT NULL DEFAULT now()\n"
+    ");\n"
+    "CREATE FUNCTION @q:_wake@() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER\n"
+    "SET search_path = pg_catalog, pg_temp AS $fn$\n"
+    "BEGIN\n"
+    "  IF EXISTS (SELECT 1 FROM @q:_listeners@) THEN\n"
+    "    PERFORM pg_notify('@channel@', '');\n"
+    "  END IF;\n"
+    "  RETURN NULL;\n"
+    "END $fn$;\n"
+    "CREATE TRIGGER @n:_wake@ AFTER INSERT ON @table@\n"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION @q:_wake@();\n";
+
 static const struct {
     int version;
     const char *description;
     const char *sql;
 } migrations[] = {
     {1, "outbox table, indexes, validation and enqueue functions", migration1},
+    {2, "wake-up: listeners table and notify-while-idle trigger", migration2},
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -196,6 +222,11 @@ expand(sbuf_t *b, const outbox_pg_names_t *n, const char *tmpl)
         key[end - at - 1] = '\0';
         if (strcmp(key, "table") == 0) {
             sb_add(b, n->qtable);
+        } else if (strcmp(key, "channel") == 0) {
+            char ch[OUTBOX_PG_CHANNEL_LEN + 1];
+
+            outbox_pg_channel(n->schema, n->table, ch);
+            sb_add(b, ch);
         } else if (strcmp(key, "schema") == 0) {
             sb_add(b, n->qschema);
         } else if (strncmp(key, "q:", 2) == 0 || strncmp(key, "n:", 2) == 0) {

@@ -4,9 +4,10 @@
  * Error text comes from the server or libpq, never from the conninfo, so it
  * cannot carry a password.
  */
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <stdbool.h>
 #include <string.h>
 
 #include "pg_util.h"
@@ -131,6 +132,20 @@ ignore_notice(void *arg, const char *message)
 {
     (void)arg;
     (void)message;
+}
+
+void
+outbox_pg_channel(const char *schema, const char *table, char out[OUTBOX_PG_CHANNEL_LEN + 1])
+{
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a 64 of "schema.table" */
+    const char *parts[3] = {schema, ".", table};
+    const unsigned char *p;
+    int i;
+
+    for (i = 0; i < 3; i++)
+        for (p = (const unsigned char *)parts[i]; *p != '\0'; p++)
+            h = (h ^ *p) * 0x100000001b3ULL;
+    snprintf(out, OUTBOX_PG_CHANNEL_LEN + 1, "outbox_%016llx", (unsigned long long)h);
 }
 
 int

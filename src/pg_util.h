@@ -53,6 +53,11 @@ int outbox_pg_status(PGconn *conn, const PGresult *res);
 /* One line "what: <server message> (SQLSTATE)" into err. */
 void outbox_pg_error(char *err, size_t errlen, const char *what, PGconn *conn, const PGresult *res);
 
+/* The wake-up channel of schema.table: "outbox_" + 16 hex digits of a
+ * hash, short and safe as a NOTIFY channel whatever the names. */
+#define OUTBOX_PG_CHANNEL_LEN 23
+void outbox_pg_channel(const char *schema, const char *table, char out[OUTBOX_PG_CHANNEL_LEN + 1]);
+
 /* outbox_pg_migration_sql() is declared in outbox/store.h (migrate_pg.c). */
 
 #endif

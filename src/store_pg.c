@@ -110,13 +110,18 @@ static const struct {
     [S_STALE] = {"outbox_stale",
                  1,
                  {INT8OID},
-                 "UPDATE @T@ SET locked_by = NULL, locked_on = NULL WHERE state = 0"
+                 /* also forgets wake-up listeners whose session is gone (a
+                  * worker killed -9): producers would notify for nobody */
+                 "WITH gone AS (DELETE FROM @L@ l WHERE NOT EXISTS (SELECT 1 FROM"
+                 " pg_stat_activity a WHERE a.pid = l.backend_pid))"
+                 " UPDATE @T@ SET locked_by = NULL, locked_on = NULL WHERE state = 0"
                  " AND locked_by IS NOT NULL"
                  " AND locked_on < now() - $1::float8 * interval '1 millisecond'"},
     [S_UNLOCK] = {"outbox_unlock",
                   1,
                   {TEXTOID},
-                  "UPDATE @T@ SET locked_by = NULL, locked_on = NULL WHERE state = 0"
+                  "WITH gone AS (DELETE FROM @L@ WHERE lock_id = $1)"
+                  " UPDATE @T@ SET locked_by = NULL, locked_on = NULL WHERE state = 0"
                   " AND locked_by = $1"},
     /* A NULL retention keeps that kind: the comparison is never true. The
      * ids come from an InitPlan evaluated once, so at most $3 rows go. */
@@ -137,6 +142,7 @@ typedef struct pg_store {
     PGconn *conn; /* NULL while disconnected */
     char *conninfo;
     outbox_pg_names_t names;
+    char *qlisteners; /* "schema"."table_listeners" */
     int statement_timeout_ms;
     char *sql[S_COUNT];
 } pg_store_t;
@@ -148,22 +154,23 @@ fail(pg_store_t *s, int rc, const char *fmt, const char *arg)
     return rc;
 }
 
-/* tmpl with every @T@ replaced by qt; NULL on NOMEM. */
+/* tmpl with every occurrence of key (3 bytes, "@X@") replaced by val; NULL
+ * on NOMEM; caller frees. */
 static char *
-subst(const char *tmpl, const char *qt)
+subst_key(const char *tmpl, const char *key, const char *val)
 {
     size_t n = 0, len;
     const char *p;
     char *out, *o;
 
-    for (p = tmpl; (p = strstr(p, "@T@")) != NULL; p += 3)
+    for (p = tmpl; (p = strstr(p, key)) != NULL; p += 3)
         n++;
-    len = strlen(tmpl) + n * strlen(qt) + 1;
+    len = strlen(tmpl) + n * strlen(val) + 1;
     if ((out = malloc(len)) == NULL)
         return NULL;
     for (o = out, p = tmpl; *p != '\0';) {
-        if (strncmp(p, "@T@", 3) == 0) {
-            o = stpcpy(o, qt);
+        if (strncmp(p, key, 3) == 0) {
+            o = stpcpy(o, val);
             p += 3;
         } else {
             *o++ = *p++;
@@ -171,6 +178,19 @@ subst(const char *tmpl, const char *qt)
     }
     *o = '\0';
     return out;
+}
+
+/* tmpl with @T@ = the quoted table and @L@ = its listeners table. */
+static char *
+subst(const char *tmpl, const char *qt, const char *ql)
+{
+    char *a = subst_key(tmpl, "@T@", qt), *b;
+
+    if (a == NULL || ql == NULL)
+        return a;
+    b = subst_key(a, "@L@", ql);
+    free(a);
+    return b;
 }
 
 /* Drop a connection that failed; the next call reconnects. */
@@ -215,7 +235,7 @@ open_conn(pg_store_t *s)
         }
         PQclear(res);
     }
-    if ((sql = subst("SELECT max(version) FROM @T@", s->names.qmigrations)) == NULL) {
+    if ((sql = subst("SELECT max(version) FROM @T@", s->names.qmigrations, NULL)) == NULL) {
         rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
         goto done;
     }
@@ -655,6 +675,7 @@ pg_destroy(outbox_store_t *base)
 
     PQfinish(s->conn);
     free(s->conninfo);
+    free(s->qlisteners);
     outbox_pg_names_free(&s->names);
     for (i = 0; i < S_COUNT; i++)
         free(s->sql[i]);
@@ -686,12 +707,14 @@ outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt, cha
     rc = outbox_pg_names_init(&s->names, opt->schema, opt->table, s->base.err, sizeof(s->base.err));
     if (rc != OUTBOX_OK)
         goto done;
-    if (opt->conninfo != NULL && (s->conninfo = strdup(opt->conninfo)) == NULL) {
+    if ((opt->conninfo != NULL && (s->conninfo = strdup(opt->conninfo)) == NULL) ||
+        (s->qlisteners = outbox_pg_qualify(s->names.schema, s->names.table, "_listeners")) ==
+            NULL) {
         rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
         goto done;
     }
     for (i = 0; i < S_COUNT; i++) {
-        if ((s->sql[i] = subst(stmts[i].sql, s->names.qtable)) == NULL) {
+        if ((s->sql[i] = subst(stmts[i].sql, s->names.qtable, s->qlisteners)) == NULL) {
             rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
             goto done;
         }

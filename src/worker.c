@@ -34,6 +34,8 @@ typedef struct worker {
     outbox_store_t *store;
     outbox_broker_t *broker;
     outbox_dispatcher_t *d;
+    outbox_pg_waker_t *waker; /* NULL: none (poll mode, or down: retried) */
+    int64_t waker_retry_at, waker_backoff_ms;
     outbox_stats_slot_t *slot;
     int64_t backoff_ms;
     int64_t claim_started_ms;
@@ -232,9 +234,78 @@ connect_all(worker_t *w)
     return 0;
 }
 
+/* The wake-up connection: (re)made with capped backoff; on success one
+ * claim pass runs at once, since notifications sent meanwhile are gone. */
+static void
+waker_connect(worker_t *w)
+{
+    outbox_pg_options_t o = {
+        .conninfo = w->cfg.db,
+        .schema = w->cfg.schema,
+        .table = w->cfg.table,
+        .statement_timeout_ms = (int)w->cfg.statement_timeout_ms,
+    };
+    char err[512];
+    int64_t t = now_ms();
+
+    if (w->waker != NULL || w->spec->role != OUTBOX_ROLE_RELAY || w->cfg.wakeup != 0 ||
+        t < w->waker_retry_at)
+        return;
+    err[0] = '\0';
+    if (outbox_pg_waker_create(&w->waker, &o, w->spec->lock_id, err, sizeof(err)) != OUTBOX_OK) {
+        report(w, "wake-up connection failed (polling meanwhile)", err);
+        w->waker_backoff_ms = w->waker_backoff_ms == 0 ? CONNECT_BACKOFF_MIN_MS
+                              : w->waker_backoff_ms * 2 > CONNECT_BACKOFF_MAX_MS
+                                  ? CONNECT_BACKOFF_MAX_MS
+                                  : w->waker_backoff_ms * 2;
+        w->waker_retry_at = t + w->waker_backoff_ms;
+        return;
+    }
+    w->waker_backoff_ms = 0;
+    if (w->d != NULL)
+        outbox_dispatcher_wake(w->d);
+}
+
+static void
+waker_drop(worker_t *w, const char *why)
+{
+    report(w, "wake-up connection lost (polling until it is back)", why);
+    outbox_pg_waker_destroy(w->waker);
+    w->waker = NULL;
+    w->waker_retry_at = now_ms() + CONNECT_BACKOFF_MIN_MS;
+}
+
+/* After a pass: idle -> arm (then one more pass, so a row committed just
+ * before the arm is not left to the poll); busy -> disarm, so producers
+ * stop notifying. Returns true when a pass must run at once. */
+static bool
+waker_update(worker_t *w)
+{
+    char err[512];
+
+    if (w->waker == NULL || w->d == NULL)
+        return false;
+    if (outbox_dispatcher_idle(w->d)) {
+        if (outbox_pg_waker_armed(w->waker))
+            return false;
+        if (outbox_pg_waker_arm(w->waker, err, sizeof(err)) != OUTBOX_OK) {
+            waker_drop(w, err);
+            return false;
+        }
+        outbox_dispatcher_wake(w->d);
+        return true;
+    }
+    if (outbox_pg_waker_armed(w->waker) &&
+        outbox_pg_waker_disarm(w->waker, err, sizeof(err)) != OUTBOX_OK)
+        waker_drop(w, err);
+    return false;
+}
+
 static void
 teardown(worker_t *w)
 {
+    outbox_pg_waker_destroy(w->waker);
+    w->waker = NULL;
     if (w->d != NULL) {
         publish_counters(w);
         if (w->spec->role == OUTBOX_ROLE_RELAY && outbox_dispatcher_release(w->d) != OUTBOX_OK)
@@ -304,14 +375,23 @@ apply_releases(worker_t *w)
 static void
 wait_and_handle(worker_t *w, int64_t timeout_ms)
 {
-    struct pollfd pfd[2] = {{.fd = outbox_signals_fd(), .events = POLLIN},
-                            {.fd = w->release_eof ? -1 : w->spec->release_fd, .events = POLLIN}};
+    struct pollfd pfd[3] = {{.fd = outbox_signals_fd(), .events = POLLIN},
+                            {.fd = w->release_eof ? -1 : w->spec->release_fd, .events = POLLIN},
+                            {.fd = outbox_pg_waker_fd(w->waker), .events = POLLIN}};
     int flags;
 
     if (timeout_ms > HEARTBEAT_MS)
         timeout_ms = HEARTBEAT_MS;
-    if (timeout_ms > 0)
-        poll(pfd, 2, (int)timeout_ms);
+    if (timeout_ms > 0 && poll(pfd, 3, (int)timeout_ms) > 0 && pfd[2].fd >= 0 &&
+        (pfd[2].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+        char err[512];
+        bool notified = false;
+
+        if (outbox_pg_waker_consume(w->waker, &notified, err, sizeof(err)) != OUTBOX_OK)
+            waker_drop(w, err);
+        else if (notified && w->d != NULL)
+            outbox_dispatcher_wake(w->d);
+    }
     flags = outbox_signals_take();
     if (w->spec->role == OUTBOX_ROLE_KEEPER && w->spec->parent != 0) {
         /* The supervisor stops the keeper last, with USR2, once the relays
@@ -373,6 +453,7 @@ outbox_worker_run(const outbox_worker_spec_t *spec)
         }
         w->backoff_ms = CONNECT_BACKOFF_MIN_MS;
         apply_releases(w);
+        waker_connect(w);
         rc = outbox_dispatcher_tick(w->d, now_ms(), &wait);
         publish_counters(w);
         set_state(w, OUTBOX_WS_IDLE);
@@ -390,6 +471,10 @@ outbox_worker_run(const outbox_worker_spec_t *spec)
         }
         if (spec->release_fd >= 0 && w->rlen > 0 && wait > 100)
             wait = 100; /* a queued release failed: retry soon */
+        if (waker_update(w))
+            wait = 0;
+        if (w->waker == NULL && w->waker_retry_at != 0 && wait > w->waker_retry_at - now_ms())
+            wait = w->waker_retry_at - now_ms(); /* reconnect it on time */
         wait_and_handle(w, wait);
     }
     set_state(w, OUTBOX_WS_STOPPING);

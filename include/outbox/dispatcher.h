@@ -28,6 +28,9 @@ typedef struct outbox_retry_policy {
 
 typedef struct outbox_dispatcher_settings {
     int64_t process_interval_ms;    /* idle poll period */
+    int64_t linger_ms;              /* after work, re-poll at 1 ms doubling while the gap is
+                                       <= this; then idle (0: straight to process_interval;
+                                       a linger >= process_interval never idles) */
     int64_t lock_check_interval_ms; /* how often stale locks are freed */
     int64_t max_lock_time_ms;       /* a lock older than this is stale */
     int64_t cleanup_interval_ms;    /* how often retention runs */
@@ -38,7 +41,7 @@ typedef struct outbox_dispatcher_settings {
     outbox_retry_policy_t retry;
 } outbox_dispatcher_settings_t;
 
-/* Documented defaults: 1 s, 15 s, 1 min, 1 h, 24 h, 30 d, 500, 10000;
+/* Documented defaults: 1 s, 50 ms, 15 s, 1 min, 1 h, 24 h, 30 d, 500, 10000;
  * retry: 10 attempts, 1 s, x2, 5 min cap, jitter 0.2. */
 void outbox_dispatcher_settings_default(outbox_dispatcher_settings_t *s);
 /* OUTBOX_OK, or OUTBOX_ERR_CONFIG with one line naming the setting. */
@@ -114,6 +117,11 @@ int outbox_dispatcher_release(outbox_dispatcher_t *d);
 int outbox_dispatcher_tick(outbox_dispatcher_t *d, int64_t now_ms, int64_t *wait_ms);
 /* Make the process job due now (a wake-up saw new rows). */
 void outbox_dispatcher_wake(outbox_dispatcher_t *d);
+/* Has the process job gone idle: the last pass found nothing and the
+ * linger after the last work is over? A caller with a wake-up mechanism
+ * then arms it (and wakes the dispatcher for one pass, to catch rows that
+ * committed before the arming). */
+bool outbox_dispatcher_idle(const outbox_dispatcher_t *d);
 
 /* Retry delay for a record failing its attempt-th time (1-based), before
  * jitter; exposed for tests and documentation. */

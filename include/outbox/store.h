@@ -102,6 +102,27 @@ int outbox_pg_migrate(const outbox_pg_options_t *opt, int *from, int *to, char *
  * OUTBOX_OK, OUTBOX_ERR_CONFIG (bad name or version), OUTBOX_ERR_NOMEM. */
 int outbox_pg_migration_sql(const char *schema, const char *table, int version, char **sql_out);
 
+/*
+ * Wake-up listener (PostgreSQL): a dedicated connection that LISTENs on the
+ * table's channel. arm() registers lock_id as an idle listener, so that
+ * producers' inserts notify; disarm() withdraws it, so a busy relay costs
+ * producers no NOTIFY. fd() is the socket to poll (-1 when disconnected);
+ * when it is readable, consume() says whether a notification came. Any
+ * failure (OUTBOX_ERR_UNREACHABLE...) means: destroy and create anew later.
+ */
+typedef struct outbox_pg_waker outbox_pg_waker_t;
+int outbox_pg_waker_create(outbox_pg_waker_t **out, const outbox_pg_options_t *opt,
+                           const char *lock_id, char *err, size_t errlen);
+int outbox_pg_waker_fd(const outbox_pg_waker_t *w);
+int outbox_pg_waker_arm(outbox_pg_waker_t *w, char *err, size_t errlen);
+int outbox_pg_waker_disarm(outbox_pg_waker_t *w, char *err, size_t errlen);
+int outbox_pg_waker_consume(outbox_pg_waker_t *w, bool *notified, char *err, size_t errlen);
+bool outbox_pg_waker_armed(const outbox_pg_waker_t *w);
+/* Withdraws the registration (best effort) and closes. NULL ok. The lock
+ * check (clear_stale_locks) deletes registrations whose session is gone,
+ * and clear_locks_by_lock_id that of the lock id. */
+void outbox_pg_waker_destroy(outbox_pg_waker_t *w);
+
 /* Quote an identifier for SQL ("a""b"); returns NULL on NOMEM; caller frees. */
 char *outbox_pg_quote_ident(const char *name);
 

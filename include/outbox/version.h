@@ -9,6 +9,6 @@
 
 /* Highest schema migration this build knows; `outboxd migrate` brings a
  * database up to it, `outboxd run` refuses a database below it. */
-#define OUTBOX_SCHEMA_VERSION 1
+#define OUTBOX_SCHEMA_VERSION 2
 
 #endif

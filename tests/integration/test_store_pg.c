@@ -107,9 +107,10 @@ test_migrate_idempotent(void **state)
     fx_t *f = *state;
 
     /* setup ran it once (from 0); twice more finds nothing to do. */
-    migrate(f->ci, NULL, NULL, 1);
-    migrate(f->ci, NULL, NULL, 1);
-    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox_migrations"), 1);
+    migrate(f->ci, NULL, NULL, OUTBOX_SCHEMA_VERSION);
+    migrate(f->ci, NULL, NULL, OUTBOX_SCHEMA_VERSION);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox_migrations"),
+                     OUTBOX_SCHEMA_VERSION);
     assert_int_equal(th_query_ll(f->c, "SELECT max(version) FROM outbox_migrations"),
                      OUTBOX_SCHEMA_VERSION);
     /* The pieces are there: partial pending index, enqueue function. */
@@ -133,10 +134,10 @@ test_migrate_odd_names(void **state)
     char *sql = NULL;
 
     migrate(f->ci, schema, table, 0);
-    migrate(f->ci, schema, table, 1);
+    migrate(f->ci, schema, table, OUTBOX_SCHEMA_VERSION);
     assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM \"my \"\"odd\"\" schema\"."
                                        "\"Odd \"\"Tbl\"\"; x_migrations\""),
-                     1);
+                     OUTBOX_SCHEMA_VERSION);
     /* Producer, SQL function and relay all find the quoted table. */
     th_exec(f->c, "BEGIN");
     if (outbox_enqueue((struct pg_conn *)f->c, schema, table, &m, id, err, sizeof(err)) !=
@@ -169,14 +170,35 @@ test_migration_script_runs(void **state)
     fx_t *f = *state;
     outbox_store_t *s;
     char *sql = NULL;
+    int v;
 
     /* --print output applied by hand gives a table the relay accepts. */
-    assert_int_equal(outbox_pg_migration_sql("dba", "by_hand", 1, &sql), OUTBOX_OK);
-    th_exec(f->c, "%s", sql);
-    free(sql);
+    for (v = 1; v <= OUTBOX_SCHEMA_VERSION; v++) {
+        assert_int_equal(outbox_pg_migration_sql("dba", "by_hand", v, &sql), OUTBOX_OK);
+        th_exec(f->c, "%s", sql);
+        free(sql);
+    }
     s = store(f->ci, "dba", "by_hand");
     outbox_store_destroy(s);
-    migrate(f->ci, "dba", "by_hand", 1);
+    migrate(f->ci, "dba", "by_hand", OUTBOX_SCHEMA_VERSION);
+
+    /* A table at version 1 (an older release) is refused by the relay and
+     * upgraded in place by migrate, its rows kept. */
+    assert_int_equal(outbox_pg_migration_sql("dba", "old", 1, &sql), OUTBOX_OK);
+    th_exec(f->c, "%s", sql);
+    free(sql);
+    th_exec(f->c, "SELECT dba.old_enqueue('a.b', 'k', '{}', 'x'::bytea)");
+    {
+        outbox_pg_options_t o = {f->ci, "dba", "old", 0};
+        char err[512];
+
+        assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_SCHEMA);
+        assert_non_null(strstr(err, "run `outboxd migrate`"));
+    }
+    migrate(f->ci, "dba", "old", 1);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM dba.old"), 1);
+    s = store(f->ci, "dba", "old");
+    outbox_store_destroy(s);
 }
 
 typedef struct mig_arg {
@@ -223,7 +245,8 @@ test_migrate_concurrent(void **state)
             if (a[i][j].rc != OUTBOX_OK)
                 fail_msg("migrate %s #%d: %d %s", tables[i], j, a[i][j].rc, a[i][j].err);
         }
-        assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM conc.race%d_migrations", i), 1);
+        assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM conc.race%d_migrations", i),
+                         OUTBOX_SCHEMA_VERSION);
     }
 }
 

@@ -122,17 +122,26 @@ log_has(const ctx_t *c, const char *needle)
     return found;
 }
 
-/* Write the config file: db, nats, instance, fast intervals, plus extra. */
+/* Write the config file: db, nats, instance, fast intervals, plus extra
+ * ("key = value" lines; a key given there replaces the default here). */
 static void
 write_conf(const ctx_t *c, int workers, const char *extra)
 {
+    char key[64];
+    const char *defaults[][2] = {
+        {"process_interval", "20ms"}, {"batch_size", "50"}, {"log_level", "debug"}};
     FILE *f = fopen(c->conf, "w");
+    size_t i;
 
     assert_non_null(f);
-    fprintf(f,
-            "db = %s\nnats_url = %s\ninstance = %s\nworkers = %d\nprocess_interval = 20ms\n"
-            "batch_size = 50\nlog_level = debug\n%s",
-            c->db, env.nats_url, c->prefix, workers, extra ? extra : "");
+    fprintf(f, "db = %s\nnats_url = %s\ninstance = %s\nworkers = %d\n", c->db, env.nats_url,
+            c->prefix, workers);
+    for (i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++) {
+        snprintf(key, sizeof(key), "%s =", defaults[i][0]);
+        if (extra == NULL || strstr(extra, key) == NULL)
+            fprintf(f, "%s = %s\n", defaults[i][0], defaults[i][1]);
+    }
+    fprintf(f, "%s", extra ? extra : "");
     fclose(f);
 }
 
@@ -845,6 +854,106 @@ test_stop_right_after_spawn(void **state)
     ctx_close(&c);
 }
 
+/* Wait until the stream holds want messages; returns the ms it took. */
+static int64_t
+wait_stream(ctx_t *c, uint64_t want, int64_t timeout_ms)
+{
+    int64_t t0 = th_now_ms();
+
+    while (stream_count(c) < want) {
+        if (th_now_ms() - t0 > timeout_ms) {
+            dump_log(c);
+            fail_msg("stream did not reach %llu within %lld ms", (unsigned long long)want,
+                     (long long)timeout_ms);
+        }
+        th_sleep_ms(2);
+    }
+    return th_now_ms() - t0;
+}
+
+static long long
+listeners(PGconn *pg)
+{
+    return th_query_ll(pg, "SELECT count(*) FROM outbox_listeners");
+}
+
+/* The wake-up: with the poll an hour apart, only a notification can
+ * deliver. Idle workers are registered listeners; a killed worker's
+ * registration is dropped; a listener connection killed by the server is
+ * re-made (and a claim pass runs) without a busy loop; a graceful stop
+ * leaves no registration. With wakeup = poll nothing is registered. */
+static void
+test_wakeup_delivers_without_polling(void **state)
+{
+    outbox_stats_snapshot_t *s = snap_new();
+    int64_t pids[8], deadline, took;
+    PGconn *pg;
+    int k;
+    ctx_t c;
+    (void)state;
+
+    ctx_open(&c, "sup_wake");
+    write_conf(&c, 2, "process_interval = 1h\nlinger = 0\n");
+    sup_start(&c);
+    wait_ready(&c, 2, 20000);
+    pg = th_connect(c.db);
+    deadline = th_now_ms() + 10000;
+    while (listeners(pg) != 2 && th_now_ms() < deadline)
+        th_sleep_ms(10);
+    assert_int_equal(listeners(pg), 2);
+    for (k = 1; k <= 20; k++) {
+        /* both workers idle again (re-armed after the last delivery) */
+        deadline = th_now_ms() + 10000;
+        while (listeners(pg) != 2 && th_now_ms() < deadline)
+            th_sleep_ms(2);
+        th_exec(pg, "SELECT outbox_enqueue('%s.wake', 'k', '{}', 'w'::bytea)", c.prefix);
+        took = wait_stream(&c, (uint64_t)k, 10000);
+        assert_true(took < 5000); /* not the hourly poll */
+    }
+
+    /* the server kills the listener sessions: re-made, still woken */
+    th_query_ll(pg, "SELECT count(pg_terminate_backend(backend_pid)) FROM outbox_listeners");
+    th_sleep_ms(1500);
+    th_exec(pg, "SELECT outbox_enqueue('%s.wake', 'k', '{}', 'again'::bytea)", c.prefix);
+    wait_stream(&c, 21, 10000);
+    assert_true(log_has(&c, "wake-up connection lost"));
+
+    /* a worker killed -9 while registered: its registration goes with it */
+    deadline = th_now_ms() + 10000;
+    while (listeners(pg) != 2 && th_now_ms() < deadline)
+        th_sleep_ms(10);
+    assert_int_equal(snap(&c, s), 0);
+    assert_int_equal(ready_relays(s, pids, 8), 2);
+    kill((pid_t)pids[0], SIGKILL);
+    deadline = th_now_ms() + 10000;
+    while (th_query_ll(pg, "SELECT count(*) FROM outbox_listeners l WHERE NOT EXISTS (SELECT 1 "
+                           "FROM pg_stat_activity a WHERE a.pid = l.backend_pid)") != 0 &&
+           th_now_ms() < deadline)
+        th_sleep_ms(20);
+    if (th_query_ll(pg, "SELECT count(*) FROM outbox_listeners l WHERE NOT EXISTS (SELECT 1 "
+                        "FROM pg_stat_activity a WHERE a.pid = l.backend_pid)") != 0)
+        dump_log(&c);
+    assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox_listeners l WHERE NOT EXISTS "
+                                     "(SELECT 1 FROM pg_stat_activity a WHERE a.pid = "
+                                     "l.backend_pid)"),
+                     0);
+
+    assert_int_equal(WEXITSTATUS(th_stop(c.sup, 20000)), 0);
+    c.sup = 0;
+    assert_int_equal(listeners(pg), 0);
+
+    /* poll mode registers nothing */
+    write_conf(&c, 1, "process_interval = 50ms\nwakeup = poll\n");
+    sup_start(&c);
+    wait_ready(&c, 1, 20000);
+    th_exec(pg, "SELECT outbox_enqueue('%s.wake', 'k', '{}', 'poll'::bytea)", c.prefix);
+    wait_stream(&c, 22, 10000);
+    assert_int_equal(listeners(pg), 0);
+    PQfinish(pg);
+    ctx_close(&c);
+    free(s);
+}
+
 /* A worker that keeps dying right after it starts is respawned with a
  * growing delay (1 s, 2 s, 4 s ...), not in a hot loop; the supervisor
  * counts the crashes. */
@@ -1047,6 +1156,7 @@ main(void)
         cmocka_unit_test(test_sigterm_stops_everything),
         cmocka_unit_test(test_hung_worker_replaced),
         cmocka_unit_test(test_crash_loop_backs_off),
+        cmocka_unit_test(test_wakeup_delivers_without_polling),
         cmocka_unit_test(test_group_interrupt_keeper_stops_last),
         cmocka_unit_test(test_stop_right_after_spawn),
         cmocka_unit_test(test_second_supervisor_and_stale_region),

@@ -321,11 +321,58 @@ test_flag_names(void **state)
     assert_null(outbox_config_flag_key("frobnicate"));
 }
 
+/* Read a whole file of the source tree; caller frees. */
+static char *
+slurp(const char *rel)
+{
+    char path[1024], *buf;
+    FILE *f;
+    long n;
+
+    snprintf(path, sizeof(path), "%s/%s", OUTBOX_SOURCE_DIR, rel);
+    f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    buf = calloc(1, (size_t)n + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    return buf;
+}
+
+/* Every key of the table is in the example configuration and in the
+ * README's key list, so neither can fall behind the code. */
+static void
+test_every_key_documented(void **state)
+{
+    char *example = slurp("deploy/outboxd.conf.example"), *readme = slurp("README.md");
+    char needle[128];
+    const char *k;
+    size_t i;
+    (void)state;
+
+    for (i = 0; (k = outbox_config_key_name(i)) != NULL; i++) {
+        snprintf(needle, sizeof(needle), "\n%s =", k);
+        if (strstr(example, needle) == NULL &&
+            (snprintf(needle, sizeof(needle), "\n#%s =", k), strstr(example, needle) == NULL))
+            fail_msg("key %s is missing from deploy/outboxd.conf.example", k);
+        snprintf(needle, sizeof(needle), "`%s`", k);
+        if (strstr(readme, needle) == NULL)
+            fail_msg("key %s is missing from README.md", k);
+    }
+    assert_true(i > 10);
+    free(example);
+    free(readme);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_every_key_documented),
         cmocka_unit_test(test_bad_values_name_the_key),
         cmocka_unit_test(test_cross_checks),
         cmocka_unit_test(test_precedence),

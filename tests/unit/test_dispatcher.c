@@ -543,6 +543,7 @@ test_tick_schedules_jobs(void **state)
     assert_int_equal(make(&f, 5), 0);
     f.s.batch_size = 2;
     f.s.process_interval_ms = 100;
+    f.s.linger_ms = 0;
     f.s.lock_check_interval_ms = 1000;
     f.s.max_lock_time_ms = 1000;
     f.s.retention_ms = 2000;
@@ -558,14 +559,20 @@ test_tick_schedules_jobs(void **state)
     assert_int_equal(outbox_dispatcher_tick(f.d, t, &wait), OUTBOX_OK);
     assert_int_equal(outbox_dispatcher_tick(f.d, t, &wait), OUTBOX_OK);
     assert_int_equal(f.store->calls_claim, 3);
-    assert_int_equal(wait, 100); /* last batch was short: idle poll */
+    /* a short batch with linger 0: one more pass at once, then idle */
+    assert_int_equal(wait, 0);
+    assert_false(outbox_dispatcher_idle(f.d));
+    assert_int_equal(outbox_dispatcher_tick(f.d, t, &wait), OUTBOX_OK);
+    assert_int_equal(f.store->calls_claim, 4);
+    assert_int_equal(wait, 100);
+    assert_true(outbox_dispatcher_idle(f.d));
     assert_int_equal(outbox_dispatcher_tick(f.d, t + 50, &wait), OUTBOX_OK);
-    assert_int_equal(f.store->calls_claim, 3);
+    assert_int_equal(f.store->calls_claim, 4);
     assert_int_equal(wait, 50);
     /* a wake-up makes the process job due at once */
     outbox_dispatcher_wake(f.d);
     assert_int_equal(outbox_dispatcher_tick(f.d, t + 60, &wait), OUTBOX_OK);
-    assert_int_equal(f.store->calls_claim, 4);
+    assert_int_equal(f.store->calls_claim, 5);
     assert_int_equal(outbox_dispatcher_tick(f.d, t + 1000, &wait), OUTBOX_OK);
     assert_int_equal(f.store->calls_clear_stale, 2);
     assert_int_equal(f.store->calls_purge, 1);
@@ -575,6 +582,48 @@ test_tick_schedules_jobs(void **state)
     assert_int_equal(outbox_dispatcher_tick(f.d, t + 100000, &wait), OUTBOX_OK);
     assert_int_equal(f.store->calls_clear_stale, 2);
     assert_int_equal(f.store->calls_purge, 1);
+    done(&f);
+}
+
+/* After work the process job lingers: re-polls 1 ms apart, doubling, so
+ * traffic that goes on is caught without a wake-up; once the gap passes
+ * the linger it is idle (a caller arms its wake-up) and the gap goes on
+ * doubling to process_interval. New work starts the linger again. */
+static void
+test_linger_polls_then_idles(void **state)
+{
+    const int64_t gaps[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000};
+    fx_t f;
+    int64_t wait = -1, t = 0;
+    size_t i;
+    (void)state;
+
+    assert_int_equal(make(&f, 1), 0);
+    f.s.process_interval_ms = 1000;
+    f.s.linger_ms = 50;
+    start(&f);
+    outbox_dispatcher_set_jobs(f.d, true, false, false);
+    assert_int_equal(outbox_dispatcher_tick(f.d, t, &wait), OUTBOX_OK);
+    assert_int_equal(f.store->calls_claim, 1);
+    assert_int_equal(wait, 1);
+    assert_false(outbox_dispatcher_idle(f.d)); /* it found the one record */
+    for (i = 0; i < sizeof(gaps) / sizeof(gaps[0]); i++) {
+        assert_int_equal(outbox_dispatcher_tick(f.d, t += wait, &wait), OUTBOX_OK);
+        assert_int_equal(wait, gaps[i + 1 < sizeof(gaps) / sizeof(gaps[0]) ? i + 1 : i]);
+        assert_true(outbox_dispatcher_idle(f.d) == (wait > 50));
+    }
+    /* a wake-up that finds nothing keeps the gap; one that finds work
+     * starts the linger again */
+    outbox_dispatcher_wake(f.d);
+    assert_int_equal(outbox_dispatcher_tick(f.d, t += 10, &wait), OUTBOX_OK);
+    assert_int_equal(wait, 1000);
+    assert_true(outbox_dispatcher_idle(f.d));
+    assert_true(outbox_mock_store_add(f.store, "a.b", "k", "x") >= 0);
+    outbox_dispatcher_wake(f.d);
+    assert_int_equal(outbox_dispatcher_tick(f.d, t += 10, &wait), OUTBOX_OK);
+    assert_int_equal(wait, 1);
+    assert_false(outbox_dispatcher_idle(f.d));
+    assert_int_equal(outbox_mock_store_count(f.store, OUTBOX_STATE_DELIVERED), 2);
     done(&f);
 }
 
@@ -754,6 +803,7 @@ main(void)
         cmocka_unit_test(test_headers_and_key_reach_the_broker),
         cmocka_unit_test(test_batch_bound_and_order),
         cmocka_unit_test(test_tick_schedules_jobs),
+        cmocka_unit_test(test_linger_polls_then_idles),
         cmocka_unit_test(test_tick_backs_off_on_errors),
         cmocka_unit_test(test_lock_check_alone_backs_off_on_errors),
         cmocka_unit_test(test_retry_delay_policy),
