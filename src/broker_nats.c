@@ -24,6 +24,9 @@
 #define DRAIN_WAIT_MS 1000  /* destroy: wait for ack callbacks still running */
 #define HDR_PREAMBLE_LEN 12 /* "NATS/1.0\r\n" + the final "\r\n" */
 #define JS_MSG_ID_HDR "Nats-Msg-Id"
+#define DEAD_REASON_MAX 1000 /* bytes of a reason carried in Outbox-Dead-Reason */
+#define MAX_STREAMS 32       /* streams whose duplicate window is checked */
+#define STREAM_NAME_MAX 255
 
 enum rec_state {
     REC_IDLE = 0, /* not (yet) handed to cnats */
@@ -59,8 +62,22 @@ typedef struct nats_broker {
     size_t nslots;
     size_t waiting;
     outbox_pub_result_t *res;
+
+    /* Duplicate-window check: streams seen in PubAcks (under mu), and of
+     * those, how many have been checked (by the publishing thread). */
+    int64_t dedupe_span_ms;
+    void (*warn)(void *, const char *);
+    void *warn_arg;
+    char streams[MAX_STREAMS][STREAM_NAME_MAX + 1];
+    size_t nstreams, nchecked;
+
+    /* Set for the length of a publish_dead() call: dead-letter copies. */
+    const char *dead_subject;
+    char (*dead_reason)[DEAD_REASON_MAX + 1]; /* cleaned, one per record */
+    unsigned char *omit_body;                 /* copy too large: sent without body */
 } nats_broker_t;
 
+static void count_reconnects(nats_broker_t *nb);
 static void set_res(outbox_pub_result_t *r, outbox_pub_status_t st, bool dup, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -91,8 +108,7 @@ slot_cmp(const void *a, const void *b)
 static bool
 reserved_header(const char *name)
 {
-    return strcasecmp(name, OUTBOX_HDR_ID) == 0 || strcasecmp(name, OUTBOX_HDR_KEY) == 0 ||
-           strncasecmp(name, "Nats-", 5) == 0;
+    return strncasecmp(name, "Outbox-", 7) == 0 || strncasecmp(name, "Nats-", 5) == 0;
 }
 
 static bool
@@ -114,14 +130,21 @@ header_token(const char *s)
  * sending. The size is what the server compares with max_payload: the
  * encoded headers (cnats' "NATS/1.0" block, one "Name: value\r\n" line per
  * header) plus the body. Returns false with res set PERMANENT. */
+static size_t
+hdr_len(const char *name, const char *value)
+{
+    return strlen(name) + 2 + strlen(value) + 2; /* "Name: value\r\n" */
+}
+
 static bool
-check_record(const nats_broker_t *nb, const outbox_record_t *r, int64_t max_payload,
+check_record(const nats_broker_t *nb, const outbox_record_t *r, size_t idx, int64_t max_payload,
              outbox_pub_result_t *res)
 {
     const outbox_message_t *m = &r->msg;
     const char *key = (m->key != NULL && m->key[0] != '\0') ? m->key : NULL;
     const char *why;
     size_t i, hdr = HDR_PREAMBLE_LEN;
+    char omitted[24];
 
     if (r->id[0] == '\0') {
         set_res(res, OUTBOX_PUB_PERMANENT, false, "record has no id");
@@ -147,8 +170,7 @@ check_record(const nats_broker_t *nb, const outbox_record_t *r, int64_t max_payl
         }
         if (reserved_header(h->name)) {
             set_res(res, OUTBOX_PUB_PERMANENT, false,
-                    "header '%.100s' is reserved for the relay (Outbox-Id, Outbox-Key, Nats-*)",
-                    h->name);
+                    "header '%.100s' is reserved for the relay (Outbox-*, Nats-*)", h->name);
             return false;
         }
         if ((why = outbox_value_problem(v, strlen(v))) != NULL) {
@@ -161,11 +183,24 @@ check_record(const nats_broker_t *nb, const outbox_record_t *r, int64_t max_payl
         set_res(res, OUTBOX_PUB_PERMANENT, false, "key %s", why);
         return false;
     }
-    hdr += sizeof(OUTBOX_HDR_ID) - 1 + 2 + strlen(r->id) + 2;
+    hdr += hdr_len(OUTBOX_HDR_ID, r->id);
     if (key != NULL)
-        hdr += sizeof(OUTBOX_HDR_KEY) - 1 + 2 + strlen(key) + 2;
+        hdr += hdr_len(OUTBOX_HDR_KEY, key);
     if (nb->mode == OUTBOX_NATS_JETSTREAM)
-        hdr += sizeof(JS_MSG_ID_HDR) - 1 + 2 + strlen(r->id) + 2;
+        hdr += hdr_len(JS_MSG_ID_HDR, r->id);
+    if (nb->dead_subject != NULL) {
+        hdr += hdr_len(OUTBOX_HDR_DEAD_REASON, nb->dead_reason[idx]) +
+               hdr_len(OUTBOX_HDR_TOPIC, m->topic);
+        nb->omit_body[idx] = 0;
+        if (max_payload > 0 && (uint64_t)hdr + m->body_len > (uint64_t)max_payload) {
+            /* The death notice matters more than the body. */
+            snprintf(omitted, sizeof(omitted), "%zu", m->body_len);
+            hdr += hdr_len(OUTBOX_HDR_BODY_OMITTED, omitted);
+            nb->omit_body[idx] = 1;
+            if ((uint64_t)hdr <= (uint64_t)max_payload)
+                return true;
+        }
+    }
     if (max_payload > 0 && (uint64_t)hdr + m->body_len > (uint64_t)max_payload) {
         set_res(res, OUTBOX_PUB_PERMANENT, false,
                 "message of %zu bytes (headers %zu + body %zu) exceeds the server's "
@@ -179,15 +214,17 @@ check_record(const nats_broker_t *nb, const outbox_record_t *r, int64_t max_payl
 /* The natsMsg for r: subject, body copy, the producer's headers verbatim
  * (repeated names become repeated values), then Outbox-Id / Outbox-Key. */
 static natsStatus
-build_msg(natsMsg **out, const outbox_record_t *r)
+build_msg(const nats_broker_t *nb, natsMsg **out, const outbox_record_t *r, size_t idx)
 {
     const outbox_message_t *m = &r->msg;
+    bool dead = nb->dead_subject != NULL, omit = dead && nb->omit_body[idx];
     natsMsg *msg = NULL;
     natsStatus s;
     size_t i;
 
-    s = natsMsg_Create(&msg, m->topic, NULL, m->body_len > 0 ? (const char *)m->body : NULL,
-                       (int)m->body_len);
+    s = natsMsg_Create(&msg, dead ? nb->dead_subject : m->topic, NULL,
+                       m->body_len > 0 && !omit ? (const char *)m->body : NULL,
+                       omit ? 0 : (int)m->body_len);
     for (i = 0; s == NATS_OK && i < m->nheaders; i++)
         s = natsMsgHeader_Add(msg, m->headers[i].name,
                               m->headers[i].value != NULL ? m->headers[i].value : "");
@@ -195,6 +232,16 @@ build_msg(natsMsg **out, const outbox_record_t *r)
         s = natsMsgHeader_Set(msg, OUTBOX_HDR_ID, r->id);
     if (s == NATS_OK && m->key != NULL && m->key[0] != '\0')
         s = natsMsgHeader_Set(msg, OUTBOX_HDR_KEY, m->key);
+    if (s == NATS_OK && dead)
+        s = natsMsgHeader_Set(msg, OUTBOX_HDR_DEAD_REASON, nb->dead_reason[idx]);
+    if (s == NATS_OK && dead)
+        s = natsMsgHeader_Set(msg, OUTBOX_HDR_TOPIC, m->topic);
+    if (s == NATS_OK && omit) {
+        char len[24];
+
+        snprintf(len, sizeof(len), "%zu", m->body_len);
+        s = natsMsgHeader_Set(msg, OUTBOX_HDR_BODY_OMITTED, len);
+    }
     if (s != NATS_OK) {
         natsMsg_Destroy(msg);
         return s;
@@ -237,6 +284,57 @@ classify_send_error(natsStatus s, outbox_pub_result_t *res)
     return false;
 }
 
+/* Under mu: remember a stream seen in a PubAck, for check_streams(). */
+static void
+note_stream(nats_broker_t *nb, const char *name)
+{
+    size_t i;
+
+    if (nb->warn == NULL || nb->dedupe_span_ms <= 0 || name == NULL ||
+        nb->nstreams == MAX_STREAMS || strlen(name) > STREAM_NAME_MAX)
+        return;
+    for (i = 0; i < nb->nstreams; i++)
+        if (strcmp(nb->streams[i], name) == 0)
+            return;
+    snprintf(nb->streams[nb->nstreams++], STREAM_NAME_MAX + 1, "%s", name);
+}
+
+/* Once per stream: is its duplicate window at least the relay's longest
+ * re-publish span? Runs on the publishing thread, after a batch. */
+static void
+check_streams(nats_broker_t *nb)
+{
+    char name[STREAM_NAME_MAX + 1], text[600];
+
+    for (;;) {
+        jsStreamInfo *si = NULL;
+        jsErrCode jerr = 0;
+        int64_t window_ms;
+
+        pthread_mutex_lock(&nb->mu);
+        if (nb->nchecked == nb->nstreams) {
+            pthread_mutex_unlock(&nb->mu);
+            return;
+        }
+        memcpy(name, nb->streams[nb->nchecked++], sizeof(name));
+        pthread_mutex_unlock(&nb->mu);
+        if (js_GetStreamInfo(&si, nb->js, name, NULL, &jerr) != NATS_OK || si == NULL)
+            continue; /* not checkable now (permissions, outage): say nothing */
+        window_ms = si->Config != NULL ? si->Config->Duplicates / 1000000 : 0;
+        jsStreamInfo_Destroy(si);
+        if (window_ms >= nb->dedupe_span_ms)
+            continue;
+        snprintf(text, sizeof(text),
+                 "stream %s: its duplicate window (%lld ms) is shorter than the relay's longest "
+                 "re-publish span (%lld ms: retry_max or max_lock_time + lock_check_interval, plus "
+                 "publish_timeout); a record re-published after the window could be stored twice "
+                 "(outboxd stream update %s SUBJECTS --duplicate-window %llds)",
+                 name, (long long)window_ms, (long long)nb->dedupe_span_ms, name,
+                 (long long)(nb->dedupe_span_ms + 999) / 1000);
+        nb->warn(nb->warn_arg, text);
+    }
+}
+
 /* Called by cnats on its thread for every async publish, acked or failed.
  * We own msg. Only records in REC_WAITING of the active batch are touched;
  * a late ack of an abandoned batch just frees its message. */
@@ -254,8 +352,10 @@ on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
         outbox_pub_result_t *r = &nb->res[slot->idx];
         const char *subj = natsMsg_GetSubject(msg);
 
-        if (pa != NULL)
+        if (pa != NULL) {
             set_res(r, OUTBOX_PUB_OK, pa->Duplicate, NULL);
+            note_stream(nb, pa->Stream);
+        }
         else if (pae == NULL)
             set_res(r, OUTBOX_PUB_TRANSIENT, false, "PubAck missing");
         else if (pae->Err == NATS_NO_RESPONDERS)
@@ -382,9 +482,9 @@ publish_js(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_
     for (i = 0; i < n; i++) {
         nb->msgs[i] = NULL;
         nb->state[i] = REC_DONE;
-        if (!check_record(nb, &recs[i], maxp, &res[i]))
+        if (!check_record(nb, &recs[i], i, maxp, &res[i]))
             continue;
-        if (build_msg(&nb->msgs[i], &recs[i]) != NATS_OK) {
+        if (build_msg(nb, &nb->msgs[i], &recs[i], i) != NATS_OK) {
             set_res(&res[i], OUTBOX_PUB_TRANSIENT, false, "out of memory building the message");
             continue;
         }
@@ -466,7 +566,25 @@ publish_js(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_
         nb->msgs[i] = NULL;
     }
     summarize(nb, n, res, down);
+    count_reconnects(nb);
+    if (!down)
+        check_streams(nb);
     return down ? OUTBOX_ERR_UNREACHABLE : OUTBOX_OK;
+}
+
+static void
+count_reconnects(nats_broker_t *nb)
+{
+    natsStatistics *st = NULL;
+    uint64_t in_msgs, in_bytes, out_msgs, out_bytes, reconnects;
+
+    if (natsStatistics_Create(&st) != NATS_OK)
+        return;
+    if (natsConnection_GetStats(nb->nc, st) == NATS_OK &&
+        natsStatistics_GetCounts(st, &in_msgs, &in_bytes, &out_msgs, &out_bytes, &reconnects) ==
+            NATS_OK)
+        nb->base.reconnects = reconnects;
+    natsStatistics_Destroy(st);
 }
 
 static int
@@ -481,14 +599,14 @@ publish_core(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pu
         natsStatus s;
 
         nb->state[i] = REC_DONE;
-        if (!check_record(nb, &recs[i], maxp, &res[i]))
+        if (!check_record(nb, &recs[i], i, maxp, &res[i]))
             continue;
         if (down || !connected(nb)) {
             down = true;
             set_res(&res[i], OUTBOX_PUB_NOT_SENT, false, "not sent, NATS connection down");
             continue;
         }
-        s = build_msg(&msg, &recs[i]);
+        s = build_msg(nb, &msg, &recs[i], i);
         if (s == NATS_OK)
             s = natsConnection_PublishMsg(nb->nc, msg);
         natsMsg_Destroy(msg);
@@ -522,6 +640,7 @@ publish_core(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pu
         }
     }
     summarize(nb, n, res, down);
+    count_reconnects(nb);
     return down ? OUTBOX_ERR_UNREACHABLE : OUTBOX_OK;
 }
 
@@ -544,6 +663,71 @@ nats_publish(outbox_broker_t *b, const outbox_record_t *recs, size_t n, outbox_p
     if (nb->mode == OUTBOX_NATS_JETSTREAM)
         return publish_js(nb, recs, n, res);
     return publish_core(nb, recs, n, res);
+}
+
+/* A reason fit for a header value: control characters become spaces,
+ * surrounding white space goes, at most DEAD_REASON_MAX bytes (cut on a
+ * UTF-8 boundary). */
+static void
+clean_reason(char *out, const char *in)
+{
+    size_t n = 0, end;
+
+    if (in == NULL || in[0] == '\0')
+        in = "dead";
+    while (*in == ' ' || *in == '\t')
+        in++;
+    for (; *in != '\0' && n < DEAD_REASON_MAX; in++)
+        out[n++] = ((unsigned char)*in < 0x20 || *in == 0x7f) ? ' ' : *in;
+    if (*in != '\0' && ((unsigned char)*in & 0xc0) == 0x80) {
+        /* cut inside a character: drop its bytes copied so far */
+        while (n > 0 && ((unsigned char)out[n - 1] & 0xc0) == 0x80)
+            n--;
+        if (n > 0)
+            n--;
+    }
+    end = n;
+    while (end > 0 && (out[end - 1] == ' ' || out[end - 1] == '\t'))
+        end--;
+    out[end] = '\0';
+    if (end == 0)
+        snprintf(out, DEAD_REASON_MAX + 1, "dead");
+}
+
+static int
+nats_publish_dead(outbox_broker_t *b, const char *subject, const outbox_record_t *recs,
+                  const char *const *reasons, size_t n, outbox_pub_result_t *res)
+{
+    nats_broker_t *nb = (nats_broker_t *)b;
+    int rc;
+    size_t i;
+
+    if (subject == NULL || !outbox_subject_valid(subject)) {
+        for (i = 0; i < n; i++)
+            set_res(&res[i], OUTBOX_PUB_PERMANENT, false, "invalid dead-letter subject '%.100s'",
+                    subject != NULL ? subject : "(null)");
+        snprintf(b->err, sizeof(b->err), "invalid dead-letter subject");
+        return OUTBOX_OK;
+    }
+    nb->dead_reason = calloc(n > 0 ? n : 1, sizeof(*nb->dead_reason));
+    nb->omit_body = calloc(n > 0 ? n : 1, 1);
+    if (nb->dead_reason == NULL || nb->omit_body == NULL) {
+        for (i = 0; i < n; i++)
+            set_res(&res[i], OUTBOX_PUB_TRANSIENT, false, "out of memory");
+        rc = OUTBOX_ERR_NOMEM;
+        goto done;
+    }
+    for (i = 0; i < n; i++)
+        clean_reason(nb->dead_reason[i], reasons != NULL ? reasons[i] : NULL);
+    nb->dead_subject = subject;
+    rc = nats_publish(b, recs, n, res);
+done:
+    nb->dead_subject = NULL;
+    free(nb->dead_reason);
+    free(nb->omit_body);
+    nb->dead_reason = NULL;
+    nb->omit_body = NULL;
+    return rc;
 }
 
 static void
@@ -575,6 +759,7 @@ nats_destroy(outbox_broker_t *b)
 
 static const outbox_broker_ops_t nats_ops = {
     .publish = nats_publish,
+    .publish_dead = nats_publish_dead,
     .destroy = nats_destroy,
 };
 
@@ -593,6 +778,9 @@ outbox_nats_broker_create(outbox_broker_t **out, const outbox_nats_options_t *op
     }
     nb->base.ops = &nats_ops;
     nb->mode = opt->mode;
+    nb->dedupe_span_ms = opt->dedupe_span_ms;
+    nb->warn = opt->warn;
+    nb->warn_arg = opt->warn_arg;
     nb->timeout_ms =
         opt->publish_timeout_ms > 0 ? opt->publish_timeout_ms : DEFAULT_PUBLISH_TIMEOUT_MS;
     outbox_nats_redact_url(opt->url, nb->url, sizeof(nb->url));

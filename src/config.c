@@ -34,6 +34,7 @@ typedef struct key {
 static const char *const nats_modes[] = {"jetstream", "core", NULL};
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 static const char *const wakeups[] = {"notify", "poll", NULL};
+static const char *const off_on[] = {"off", "on", NULL};
 
 #define OFF(f) offsetof(outbox_config_t, f)
 #define DAY (24.0 * 3600 * 1000)
@@ -79,10 +80,18 @@ static const cfg_key_t keys[] = {
      "delay before the first retry"},
     {"retry_multiplier", T_DBL, "2", "factor", 1, 100, true, OFF(retry_multiplier), NULL,
      "each further retry waits this many times longer"},
-    {"retry_max", T_DUR, "5m", "duration", 1, DAY, true, OFF(retry_max_ms), NULL,
-     "longest retry delay"},
+    {"retry_max", T_DUR, "1m", "duration", 1, DAY, true, OFF(retry_max_ms), NULL,
+     "longest retry delay (keep it inside the stream's duplicate window)"},
     {"retry_jitter", T_DBL, "0.2", "fraction", 0, 1, true, OFF(retry_jitter), NULL,
      "retry delays are shortened by a random fraction up to this"},
+    {"crash_limit", T_INT, "3", "crashes", 0, 1000, true, OFF(crash_limit), NULL,
+     "a record whose worker died this many times while holding it is dead (0: never; else "
+     "at least 2)"},
+    {"dead_letter_subject", T_STR, "", "subject", 0, 0, true, OFF(dead_letter_subject), NULL,
+     "also publish every record made dead to this subject, reason in Outbox-Dead-Reason "
+     "(empty: off)"},
+    {"per_key_order", T_ENUM, "off", "off|on", 0, 0, true, OFF(per_key_order), off_on,
+     "publish records of one key in creation order, with any number of workers"},
     {"publish_timeout", T_DUR, "10s", "duration", 1, 3600 * 1000.0, true, OFF(publish_timeout_ms),
      NULL, "longest wait for a batch's PubAcks (or core flush)"},
     {"connect_timeout", T_DUR, "10s", "duration", 1, 3600 * 1000.0, true, OFF(connect_timeout_ms),
@@ -589,6 +598,9 @@ outbox_config_dispatcher_settings(const outbox_config_t *cfg, outbox_dispatcher_
     s->retry.multiplier = cfg->retry_multiplier;
     s->retry.max_ms = cfg->retry_max_ms;
     s->retry.jitter = cfg->retry_jitter;
+    s->crash_limit = (int32_t)cfg->crash_limit;
+    s->per_key_order = cfg->per_key_order != 0;
+    s->dead_letter_subject = cfg->dead_letter_subject;
 }
 
 const char *

@@ -39,6 +39,9 @@ typedef struct outbox_config {
     int64_t retry_max_ms;
     double retry_jitter;
 
+    int64_t crash_limit;
+    char *dead_letter_subject;
+    int64_t per_key_order; /* 0 off, 1 on */
     int64_t publish_timeout_ms;
     int64_t connect_timeout_ms;
     int64_t statement_timeout_ms;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "outbox/dispatcher.h"
+#include "validate.h"
 
 #define LOCK_ID_MAX 128
 #define ERR_BACKOFF_MIN_MS 100
@@ -34,14 +35,25 @@ struct outbox_dispatcher {
     int64_t next_process, next_lock_check, next_cleanup;
     int64_t gap;      /* delay before the poll after next while nothing is found */
     int64_t last_gap; /* delay chosen after the last pass */
-    int errors;    /* consecutive failed process passes, for backoff */
-    int lc_errors; /* consecutive failed lock checks (the keeper has no process job) */
+    int errors;       /* consecutive failed process passes, for backoff */
+    int lc_errors;    /* consecutive failed lock checks (the keeper has no process job) */
 
     outbox_batch_t batch;
     outbox_pub_result_t *res;
     outbox_mark_t *marks;
     char (*reasons)[sizeof(((outbox_pub_result_t *)0)->error) + 32];
     size_t cap;
+    /* scratch for publishing a subset of the batch (per-key waves, dead
+     * letters): the subset's records, results and batch indices */
+    outbox_record_t *sub_recs;
+    outbox_pub_result_t *sub_res;
+    size_t *sub_idx, *wave, *prev;
+    const char **sub_why;
+    struct keyed {
+        const char *key;
+        size_t i;
+    } * keyed;
+    char *dead_subject; /* NULL: no dead-letter copies */
 
     outbox_dispatcher_observer_fn observe;
     void *observe_arg;
@@ -79,8 +91,9 @@ outbox_dispatcher_settings_default(outbox_dispatcher_settings_t *s)
     s->retry.max_attempts = 10;
     s->retry.initial_ms = 1000;
     s->retry.multiplier = 2.0;
-    s->retry.max_ms = 5 * 60 * 1000;
+    s->retry.max_ms = 60 * 1000;
     s->retry.jitter = 0.2;
+    s->crash_limit = 3;
 }
 
 #define CHECK(cond, ...)                                                                           \
@@ -115,6 +128,15 @@ outbox_dispatcher_settings_validate(const outbox_dispatcher_settings_t *s, char 
           "retry_multiplier must be between 1 and 100");
     CHECK(s->retry.max_ms >= s->retry.initial_ms, "retry_max must be at least retry_initial");
     CHECK(s->retry.jitter >= 0.0 && s->retry.jitter <= 1.0, "retry_jitter must be between 0 and 1");
+    CHECK(s->dead_letter_subject == NULL || s->dead_letter_subject[0] == '\0' ||
+              outbox_subject_valid(s->dead_letter_subject),
+          "dead_letter_subject '%.100s' is not a valid NATS subject (no spaces, wildcards or "
+          "empty tokens)",
+          s->dead_letter_subject);
+    CHECK(s->crash_limit == 0 || s->crash_limit >= 2,
+          "crash_limit must be 0 (never) or at least 2 (got %d): a record's batch mates are "
+          "charged one crash before they are retried alone",
+          (int)s->crash_limit);
     return OUTBOX_OK;
 }
 
@@ -139,11 +161,24 @@ outbox_dispatcher_create(outbox_dispatcher_t **out, outbox_store_t *store, outbo
     d->res = calloc(d->cap, sizeof(*d->res));
     d->marks = calloc(d->cap, sizeof(*d->marks));
     d->reasons = calloc(d->cap, sizeof(*d->reasons));
-    if (d->res == NULL || d->marks == NULL || d->reasons == NULL)
+    d->sub_recs = calloc(d->cap, sizeof(*d->sub_recs));
+    d->sub_res = calloc(d->cap, sizeof(*d->sub_res));
+    d->sub_idx = calloc(d->cap, sizeof(*d->sub_idx));
+    d->wave = calloc(d->cap, sizeof(*d->wave));
+    d->prev = calloc(d->cap, sizeof(*d->prev));
+    d->sub_why = calloc(d->cap, sizeof(*d->sub_why));
+    d->keyed = calloc(d->cap, sizeof(*d->keyed));
+    if (d->keyed == NULL || d->res == NULL || d->marks == NULL || d->reasons == NULL ||
+        d->sub_recs == NULL || d->sub_res == NULL || d->sub_idx == NULL || d->wave == NULL ||
+        d->prev == NULL || d->sub_why == NULL)
+        goto nomem;
+    if (s->dead_letter_subject != NULL && s->dead_letter_subject[0] != '\0' &&
+        (d->dead_subject = strdup(s->dead_letter_subject)) == NULL)
         goto nomem;
     d->store = store;
     d->broker = broker;
     d->s = *s;
+    d->s.dead_letter_subject = d->dead_subject;
     snprintf(d->lock_id, sizeof(d->lock_id), "%s", lock_id);
     d->rng = seed ? seed : 0x9e3779b97f4a7c15ULL;
     d->run_process = d->run_lock_check = d->run_cleanup = true;
@@ -165,6 +200,14 @@ outbox_dispatcher_destroy(outbox_dispatcher_t *d)
     free(d->res);
     free(d->marks);
     free(d->reasons);
+    free(d->sub_recs);
+    free(d->sub_res);
+    free(d->sub_idx);
+    free(d->wave);
+    free(d->prev);
+    free(d->sub_why);
+    free(d->keyed);
+    free(d->dead_subject);
     free(d);
 }
 
@@ -262,6 +305,146 @@ build_marks(outbox_dispatcher_t *d)
     }
 }
 
+/* Publish the batch records listed in sub_idx[0..m); results into res. */
+static int
+publish_subset(outbox_dispatcher_t *d, size_t m)
+{
+    size_t k;
+    int rc;
+
+    for (k = 0; k < m; k++)
+        d->sub_recs[k] = d->batch.recs[d->sub_idx[k]];
+    rc = outbox_broker_publish(d->broker, d->sub_recs, m, d->sub_res);
+    for (k = 0; k < m; k++)
+        d->res[d->sub_idx[k]] = d->sub_res[k];
+    return rc;
+}
+
+/* Does record i's outcome let the next record of its key go: delivered,
+ * or dead (out of the sequence) now? */
+static bool
+settles(const outbox_dispatcher_t *d, size_t i)
+{
+    outbox_pub_status_t st = d->res[i].status;
+    int32_t max = d->s.retry.max_attempts;
+
+    return st == OUTBOX_PUB_OK || st == OUTBOX_PUB_PERMANENT ||
+           (st == OUTBOX_PUB_TRANSIENT && max > 0 && d->batch.recs[i].attempts + 1 >= max);
+}
+
+static int
+keyed_cmp(const void *a, const void *b)
+{
+    const struct keyed *x = a, *y = b;
+    int c = strcmp(x->key, y->key);
+
+    return c != 0 ? c : (x->i > y->i) - (x->i < y->i);
+}
+
+/*
+ * Per-key ordering: the store hands over whole per-key prefixes in seq
+ * order; publish them in waves, the k-th record of every key in wave k, a
+ * wave only once the previous one is acknowledged. A record whose
+ * predecessor did not settle (retrying, not sent) is held back unsent, so
+ * a failing record holds back only its own key.
+ */
+static int
+publish_ordered(outbox_dispatcher_t *d)
+{
+    size_t n = d->batch.n, i, j, m = 0, w, maxwave = 0;
+    int rc, first = OUTBOX_OK;
+
+    for (i = 0; i < n; i++) {
+        d->wave[i] = 0;
+        d->prev[i] = SIZE_MAX;
+        if (d->batch.recs[i].msg.key != NULL) {
+            d->keyed[m].key = d->batch.recs[i].msg.key;
+            d->keyed[m++].i = i;
+        }
+    }
+    qsort(d->keyed, m, sizeof(*d->keyed), keyed_cmp);
+    for (j = 1; j < m; j++) {
+        if (strcmp(d->keyed[j].key, d->keyed[j - 1].key) != 0)
+            continue;
+        i = d->keyed[j].i;
+        d->prev[i] = d->keyed[j - 1].i;
+        d->wave[i] = d->wave[d->prev[i]] + 1;
+        if (d->wave[i] > maxwave)
+            maxwave = d->wave[i];
+    }
+    for (w = 0; w <= maxwave; w++) {
+        m = 0;
+        for (i = 0; i < n; i++) {
+            if (d->wave[i] != w)
+                continue;
+            if (d->prev[i] != SIZE_MAX && !settles(d, d->prev[i])) {
+                d->c.held_back++;
+                snprintf(d->res[i].error, sizeof(d->res[i].error),
+                         "held back: an earlier record of its key did not go");
+                continue; /* stays NOT_SENT: released, uncharged */
+            }
+            d->sub_idx[m++] = i;
+        }
+        if (m == 0)
+            continue;
+        rc = publish_subset(d, m);
+        if (rc != OUTBOX_OK && first == OUTBOX_OK)
+            first = rc;
+        if (rc == OUTBOX_ERR_UNREACHABLE)
+            break; /* the later waves stay NOT_SENT */
+    }
+    return first;
+}
+
+/*
+ * Dead-letter copies of the records this batch makes dead. A copy that can
+ * never go (invalid subject, stream limit) leaves the record dead with the
+ * reason noted; one that failed for now turns the death into a retry, so
+ * no death goes unannounced.
+ */
+static void
+dead_letters(outbox_dispatcher_t *d)
+{
+    char why[sizeof(d->reasons[0])];
+    size_t i, k, m = 0;
+
+    if (d->dead_subject == NULL)
+        return;
+    for (i = 0; i < d->batch.n; i++) {
+        if (d->marks[i].kind != OUTBOX_MARK_DEAD)
+            continue;
+        d->sub_idx[m] = i;
+        d->sub_recs[m] = d->batch.recs[i];
+        d->sub_why[m++] = d->marks[i].error;
+    }
+    if (m == 0)
+        return;
+    outbox_broker_publish_dead(d->broker, d->dead_subject, d->sub_recs, d->sub_why, m, d->sub_res);
+    for (k = 0; k < m; k++) {
+        outbox_mark_t *mk = &d->marks[d->sub_idx[k]];
+        const outbox_pub_result_t *r = &d->sub_res[k];
+
+        i = d->sub_idx[k];
+        if (r->status == OUTBOX_PUB_OK) {
+            d->c.dead_letters++;
+        } else if (r->status == OUTBOX_PUB_PERMANENT) {
+            snprintf(why, sizeof(why), "%s; no dead-letter copy: %s", mk->error, r->error);
+            memcpy(d->reasons[i], why, sizeof(why));
+            mk->error = d->reasons[i];
+        } else {
+            int64_t delay = outbox_retry_delay_ms(&d->s.retry, d->batch.recs[i].attempts + 1);
+
+            snprintf(why, sizeof(why), "dead-letter copy failed, will retry: %s", r->error);
+            memcpy(d->reasons[i], why, sizeof(why));
+            mk->kind = OUTBOX_MARK_RETRY;
+            mk->error = d->reasons[i];
+            mk->retry_delay_ms = delay - (int64_t)((double)delay * d->s.retry.jitter * rand01(d));
+            d->c.dead--;
+            d->c.retried++;
+        }
+    }
+}
+
 static int
 apply_marks(outbox_dispatcher_t *d)
 {
@@ -328,13 +511,15 @@ outbox_dispatcher_process(outbox_dispatcher_t *d, size_t *claimed)
         d->res[i].duplicate = false;
         d->res[i].error[0] = '\0';
     }
-    prc = outbox_broker_publish(d->broker, d->batch.recs, d->batch.n, d->res);
+    prc = d->s.per_key_order ? publish_ordered(d)
+                             : outbox_broker_publish(d->broker, d->batch.recs, d->batch.n, d->res);
     if (prc != OUTBOX_OK) {
         d->c.publish_errors++;
         d->more = false;
         fail(d, "publish failed", d->broker->err);
     }
     build_marks(d);
+    dead_letters(d);
     n = d->batch.n;
     if ((rc = apply_marks(d)) != OUTBOX_OK)
         return rc;
@@ -377,6 +562,27 @@ outbox_dispatcher_cleanup(outbox_dispatcher_t *d, int64_t *deleted)
     d->c.purged += (uint64_t)n;
     if (deleted != NULL)
         *deleted = n;
+    return OUTBOX_OK;
+}
+
+int
+outbox_dispatcher_release_crashed(outbox_dispatcher_t *d, const char *lock_id, int64_t *released,
+                                  int64_t *parked)
+{
+    int64_t n = 0, dead = 0;
+    int rc = outbox_store_release_crashed(d->store, lock_id, d->s.crash_limit, &n, &dead);
+
+    if (rc != OUTBOX_OK) {
+        d->c.db_errors++;
+        fail(d, "releasing a dead relay's records failed", d->store->err);
+        return rc;
+    }
+    d->c.locks_freed += (uint64_t)n;
+    d->c.dead += (uint64_t)dead;
+    if (released != NULL)
+        *released = n;
+    if (parked != NULL)
+        *parked = dead;
     return OUTBOX_OK;
 }
 

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "dead_pg.h"
 #include "log.h"
 #include "outbox/broker.h"
 #include "outbox/outbox.h"
@@ -24,7 +26,7 @@
 
 #define EXIT_USAGE 2
 #define MAX_SETS 128
-#define MAX_ARGS 16
+#define MAX_ARGS (OUTBOX_DEAD_MAX_IDS + 2)
 
 typedef struct cli {
     const char *config_file;
@@ -34,9 +36,35 @@ typedef struct cli {
     const char *args[MAX_ARGS]; /* positional, args[0] = sub-command */
     int nargs;
     int print;          /* migrate --print */
-    int json;           /* stream info --json */
+    int json;           /* stream info, dead --json */
     const char *dupwin; /* stream add --duplicate-window */
+    /* dead: filters */
+    const char *topic, *error, *older, *newer, *limit;
+    int all;
 } cli_t;
+
+/* Options of sub-commands that take a value (not configuration keys). */
+static const char **
+cmd_option(cli_t *c, const char *name)
+{
+    static const struct {
+        const char *name;
+        size_t off;
+    } opts[] = {
+        {"duplicate-window", offsetof(cli_t, dupwin)},
+        {"topic", offsetof(cli_t, topic)},
+        {"error", offsetof(cli_t, error)},
+        {"older-than", offsetof(cli_t, older)},
+        {"newer-than", offsetof(cli_t, newer)},
+        {"limit", offsetof(cli_t, limit)},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
+        if (strcmp(name, opts[i].name) == 0)
+            return (const char **)((char *)c + opts[i].off);
+    return NULL;
+}
 
 static void
 usage(FILE *out)
@@ -55,6 +83,15 @@ usage(FILE *out)
                  "  stream update NAME SUBJECTS [--duplicate-window D]\n"
                  "                           change an existing stream's subjects or window\n"
                  "  stream info NAME [--json] show a stream's subjects, messages and settings\n"
+                 "  dead list [FILTERS] [--limit N] [--json]\n"
+                 "                           dead records, newest first\n"
+                 "  dead show ID [--json]    one dead record, headers and body\n"
+                 "  dead requeue ID...|FILTERS|--all\n"
+                 "                           make them pending again (fresh id, attempts 0)\n"
+                 "  dead purge ID...|FILTERS|--all\n"
+                 "                           delete them\n"
+                 "                           FILTERS: --topic PATTERN (orders.*, orders.>)\n"
+                 "                           --error TEXT  --older-than D  --newer-than D\n"
                  "  config                   validate the configuration and print it (secrets "
                  "masked)\n"
                  "\n"
@@ -81,7 +118,7 @@ parse_cli(int argc, char **argv, cli_t *c)
     memset(c, 0, sizeof(*c));
     for (i = 1; i < argc; i++) {
         char *a = argv[i], *eq, *val;
-        const char *key;
+        const char *key, **dst;
 
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage(stdout);
@@ -108,10 +145,18 @@ parse_cli(int argc, char **argv, cli_t *c)
             c->json = 1;
             continue;
         }
-        if (strcmp(a, "-c") == 0 || strncmp(a, "--config", 8) == 0 ||
-            strncmp(a, "--duplicate-window", 18) == 0) {
-            const char **dst = a[1] == 'c' || a[2] == 'c' ? &c->config_file : &c->dupwin;
-
+        if (strcmp(a, "--all") == 0) {
+            c->all = 1;
+            continue;
+        }
+        if ((eq = strchr(a, '=')) != NULL)
+            *eq = '\0';
+        dst = strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0 ? &c->config_file
+              : strncmp(a, "--", 2) == 0                         ? cmd_option(c, a + 2)
+                                                                 : NULL;
+        if (eq != NULL)
+            *eq = '=';
+        if (dst != NULL) {
             if ((eq = strchr(a, '=')) != NULL && a[1] == '-')
                 *dst = eq + 1;
             else if (i + 1 < argc)
@@ -407,6 +452,48 @@ cmd_stream(const cli_t *c, outbox_config_t *cfg)
     return 0;
 }
 
+static int
+cmd_dead(const cli_t *c, outbox_config_t *cfg)
+{
+    outbox_dead_query_t q;
+    char *end;
+    int i;
+
+    memset(&q, 0, sizeof(q));
+    if (c->nargs < 2) {
+        fprintf(stderr, "usage: outboxd dead list|show|requeue|purge [ID...] [--topic PATTERN] "
+                        "[--error TEXT] [--older-than D] [--newer-than D] [--limit N] [--all] "
+                        "[--json]\n");
+        return EXIT_USAGE;
+    }
+    q.conninfo = cfg->db;
+    q.schema = cfg->schema;
+    q.table = cfg->table;
+    for (i = 2; i < c->nargs; i++)
+        q.ids[q.nids++] = c->args[i];
+    q.topic = c->topic;
+    q.error = c->error;
+    q.older_than_ms = q.newer_than_ms = -1;
+    if ((c->older != NULL && outbox_parse_duration(c->older, false, &q.older_than_ms) != 0) ||
+        (c->newer != NULL && outbox_parse_duration(c->newer, false, &q.newer_than_ms) != 0)) {
+        fprintf(stderr, "outboxd: dead: --%s \"%s\" is not a duration (e.g. 30m, 2h, 7d)\n",
+                c->older != NULL && q.older_than_ms < 0 ? "older-than" : "newer-than",
+                c->older != NULL && q.older_than_ms < 0 ? c->older : c->newer);
+        return EXIT_USAGE;
+    }
+    if (c->limit != NULL) {
+        q.limit = strtoll(c->limit, &end, 10);
+        if (*c->limit == '\0' || *end != '\0' || q.limit < 1 || q.limit > 1000000) {
+            fprintf(stderr, "outboxd: dead: --limit \"%s\" is not a number from 1 to 1000000\n",
+                    c->limit);
+            return EXIT_USAGE;
+        }
+    }
+    q.all = c->all != 0;
+    q.json = c->json != 0;
+    return outbox_dead_run(c->args[1], &q, stdout, stderr);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -430,6 +517,8 @@ main(int argc, char **argv)
         code = cmd_migrate(&c, &cfg);
     } else if (strcmp(c.args[0], "stream") == 0) {
         code = cmd_stream(&c, &cfg);
+    } else if (strcmp(c.args[0], "dead") == 0) {
+        code = cmd_dead(&c, &cfg);
     } else if (strcmp(c.args[0], "config") == 0) {
         outbox_config_dump(&cfg, stdout);
         code = 0;

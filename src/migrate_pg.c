@@ -128,6 +128,14 @@ static const char migration1[] =
     "END $fn$;\n";
 
 /*
+ * Version 2: delivery semantics.
+ * - crashes: how often a worker died holding the row (counted by the
+ *   keeper); a row with crashes > 0 is a suspect, claimed alone, and parked
+ *   as dead at the crash limit.
+ * - <table>_key_pending: the per-key ordering claim checks that it holds a
+ *   whole prefix of each key's pending rows; partial, so it costs only
+ *   keyed pending rows and the claim's UPDATE stays HOT.
+ *
  * Wake-up: a relay worker with nothing to do inserts a row into
  * <table>_listeners (unlogged: no WAL) and LISTENs; an INSERT statement into
  * the outbox notifies only while such a row exists. NOTIFY takes a
@@ -136,6 +144,9 @@ static const char migration1[] =
  * @channel@ is derived from schema and table (outbox_pg_channel()).
  */
 static const char migration2[] =
+    "ALTER TABLE @table@ ADD COLUMN crashes integer NOT NULL DEFAULT 0;\n"
+    "CREATE INDEX @n:_key_pending@ ON @table@ (msg_key, seq)\n"
+    "  WHERE state = 0 AND msg_key IS NOT NULL;\n"
     "CREATE UNLOGGED TABLE @q:_listeners@ (\n"
     "  lock_id text PRIMARY KEY,\n"
     "  backend_pid integer NOT NULL DEFAULT pg_backend_pid(),\n"
@@ -158,7 +169,7 @@ static const struct {
     const char *sql;
 } migrations[] = {
     {1, "outbox table, indexes, validation and enqueue functions", migration1},
-    {2, "wake-up: listeners table and notify-while-idle trigger", migration2},
+    {2, "crash counts, per-key pending index, wake-up listeners and trigger", migration2},
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -41,6 +41,7 @@ copy_out(outbox_batch_t *b, const outbox_mock_record_t *r)
     o->seq = r->seq;
     o->state = r->state;
     o->attempts = r->attempts;
+    o->crashes = r->crashes;
     o->locked_on = r->locked_on_ms * 1000;
     o->processed_on = r->processed_on_ms * 1000;
     o->last_attempt_on = r->last_attempt_ms * 1000;
@@ -86,12 +87,34 @@ fill(outbox_mock_store_t *m, outbox_batch_t *out, const unsigned char *keep)
     return OUTBOX_OK;
 }
 
+/* Per-key ordering: is every pending record of r's key up to the newest
+ * candidate of that key a candidate too? */
+static bool
+key_prefix_whole(const outbox_mock_store_t *m, const unsigned char *cand, size_t idx)
+{
+    const char *key = m->recs[idx].key;
+    int64_t mx = 0;
+    size_t i;
+
+    for (i = 0; i < m->n; i++)
+        if (cand[i] && strcmp(m->recs[i].key, key) == 0 && m->recs[i].seq > mx)
+            mx = m->recs[i].seq;
+    for (i = 0; i < m->n; i++) {
+        const outbox_mock_record_t *r = &m->recs[i];
+
+        if (r->state == OUTBOX_STATE_PENDING && strcmp(r->key, key) == 0 && r->seq <= mx &&
+            !cand[i])
+            return false;
+    }
+    return true;
+}
+
 static int
 mock_claim(outbox_store_t *s, const char *lock_id, int limit, outbox_batch_t *out)
 {
     outbox_mock_store_t *m = (outbox_mock_store_t *)s;
     unsigned char *keep;
-    size_t i;
+    size_t i, j, suspect = SIZE_MAX;
     int got = 0, rc;
 
     m->calls_claim++;
@@ -99,16 +122,48 @@ mock_claim(outbox_store_t *s, const char *lock_id, int limit, outbox_batch_t *ou
     keep = calloc(m->n + 1, 1);
     if (keep == NULL)
         return OUTBOX_ERR_NOMEM;
+    /* candidates: oldest due unlocked pending records (the array is in seq order) */
     for (i = 0; i < m->n && got < limit; i++) {
         outbox_mock_record_t *r = &m->recs[i];
 
         if (r->state != OUTBOX_STATE_PENDING || r->locked_by[0] != '\0' ||
             r->next_attempt_ms > m->now_ms)
             continue;
-        snprintf(r->locked_by, sizeof(r->locked_by), "%s", lock_id);
-        r->locked_on_ms = m->now_ms;
         keep[i] = 1;
         got++;
+    }
+    if (m->per_key_order) {
+        unsigned char *cand = malloc(m->n + 1);
+
+        if (cand == NULL) {
+            free(keep);
+            return OUTBOX_ERR_NOMEM;
+        }
+        memcpy(cand, keep, m->n + 1);
+        for (i = 0; i < m->n; i++)
+            if (cand[i] && m->recs[i].key[0] != '\0' && !key_prefix_whole(m, cand, i))
+                keep[i] = 0;
+        free(cand);
+    }
+    /* the first suspect heading its key goes alone */
+    for (i = 0; i < m->n && suspect == SIZE_MAX; i++) {
+        bool head = true;
+
+        if (!keep[i] || m->recs[i].crashes == 0)
+            continue;
+        for (j = 0; m->per_key_order && m->recs[i].key[0] != '\0' && j < i; j++)
+            if (keep[j] && strcmp(m->recs[j].key, m->recs[i].key) == 0)
+                head = false;
+        if (head)
+            suspect = i;
+    }
+    for (i = 0; i < m->n; i++) {
+        if (suspect != SIZE_MAX)
+            keep[i] = i == suspect;
+        if (keep[i]) {
+            snprintf(m->recs[i].locked_by, sizeof(m->recs[i].locked_by), "%s", lock_id);
+            m->recs[i].locked_on_ms = m->now_ms;
+        }
     }
     rc = fill(m, out, keep);
     free(keep);
@@ -224,6 +279,40 @@ mock_clear_locks_by_lock_id(outbox_store_t *s, const char *lock_id, int64_t *rel
     return OUTBOX_OK;
 }
 
+static int
+mock_release_crashed(outbox_store_t *s, const char *lock_id, int crash_limit, int64_t *released,
+                     int64_t *parked)
+{
+    outbox_mock_store_t *m = (outbox_mock_store_t *)s;
+    int64_t count = 0, dead = 0;
+    size_t i;
+
+    m->calls_crashed++;
+    MOCK_FAIL(m);
+    for (i = 0; i < m->n; i++) {
+        outbox_mock_record_t *r = &m->recs[i];
+
+        if (r->state != OUTBOX_STATE_PENDING || strcmp(r->locked_by, lock_id) != 0)
+            continue;
+        r->locked_by[0] = '\0';
+        r->locked_on_ms = 0;
+        r->crashes++;
+        count++;
+        if (crash_limit > 0 && r->crashes >= crash_limit) {
+            r->state = OUTBOX_STATE_MAX_ATTEMPTS_REACHED;
+            r->processed_on_ms = m->now_ms;
+            snprintf(r->last_error, sizeof(r->last_error),
+                     "worker died while processing (%d times)", (int)r->crashes);
+            dead++;
+        }
+    }
+    if (released != NULL)
+        *released = count;
+    if (parked != NULL)
+        *parked = dead;
+    return OUTBOX_OK;
+}
+
 static void
 record_free(outbox_mock_record_t *r)
 {
@@ -283,6 +372,7 @@ static const outbox_store_ops_t mock_store_ops = {
     .mark = mock_mark,
     .clear_stale_locks = mock_clear_stale_locks,
     .clear_locks_by_lock_id = mock_clear_locks_by_lock_id,
+    .release_crashed = mock_release_crashed,
     .purge = mock_purge,
     .destroy = mock_store_destroy,
 };
@@ -392,17 +482,61 @@ mock_publish(outbox_broker_t *b, const outbox_record_t *recs, size_t n, outbox_p
     return OUTBOX_OK;
 }
 
+static int
+mock_publish_dead(outbox_broker_t *b, const char *subject, const outbox_record_t *recs,
+                  const char *const *reasons, size_t n, outbox_pub_result_t *res)
+{
+    outbox_mock_broker_t *m = (outbox_mock_broker_t *)b;
+    size_t i;
+
+    (void)subject;
+    m->dead_calls++;
+    for (i = 0; i < n; i++) {
+        memset(&res[i], 0, sizeof(res[i]));
+        res[i].status = m->down ? OUTBOX_PUB_NOT_SENT : m->dead_verdict;
+        if (res[i].status != OUTBOX_PUB_OK) {
+            snprintf(res[i].error, sizeof(res[i].error), "mock broker: dead verdict %d",
+                     (int)res[i].status);
+            continue;
+        }
+        if (m->ndead == m->dead_cap) {
+            size_t ncap = m->dead_cap ? m->dead_cap * 2 : 16;
+            void *p = realloc(m->dead_ids, ncap * sizeof(*m->dead_ids)),
+                 *q = p ? realloc(m->dead_reasons, ncap * sizeof(*m->dead_reasons)) : NULL;
+
+            if (p != NULL)
+                m->dead_ids = p;
+            if (q == NULL)
+                return OUTBOX_ERR_NOMEM;
+            m->dead_reasons = q;
+            m->dead_cap = ncap;
+        }
+        memcpy(m->dead_ids[m->ndead], recs[i].id, OUTBOX_ID_LEN + 1);
+        snprintf(m->dead_reasons[m->ndead], sizeof(m->dead_reasons[0]), "%s",
+                 reasons[i] != NULL ? reasons[i] : "");
+        m->ndead++;
+    }
+    if (m->down) {
+        snprintf(b->err, sizeof(b->err), "mock broker: down");
+        return OUTBOX_ERR_UNREACHABLE;
+    }
+    return OUTBOX_OK;
+}
+
 static void
 mock_broker_destroy(outbox_broker_t *b)
 {
     outbox_mock_broker_t *m = (outbox_mock_broker_t *)b;
 
     free(m->sent_ids);
+    free(m->dead_ids);
+    free(m->dead_reasons);
     free(m);
 }
 
 static const outbox_broker_ops_t mock_broker_ops = {
     .publish = mock_publish,
+    .publish_dead = mock_publish_dead,
     .destroy = mock_broker_destroy,
 };
 

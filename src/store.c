@@ -33,6 +33,13 @@ outbox_store_clear_locks_by_lock_id(outbox_store_t *s, const char *lock_id, int6
 }
 
 int
+outbox_store_release_crashed(outbox_store_t *s, const char *lock_id, int crash_limit,
+                             int64_t *released, int64_t *parked)
+{
+    return s->ops->release_crashed(s, lock_id, crash_limit, released, parked);
+}
+
+int
 outbox_store_purge(outbox_store_t *s, int64_t retention_ms, int64_t dead_retention_ms, int limit,
                    int64_t *deleted)
 {

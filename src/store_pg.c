@@ -30,7 +30,7 @@
 
 #define COLS                                                                                       \
     "id, seq, topic, msg_key, headers, body, state, attempts, created_on, locked_on, "             \
-    "processed_on, last_attempt_on, locked_by, last_error"
+    "processed_on, last_attempt_on, locked_by, last_error, crashes"
 enum {
     C_ID,
     C_SEQ,
@@ -46,17 +46,50 @@ enum {
     C_LAST_ATTEMPT_ON,
     C_LOCKED_BY,
     C_LAST_ERROR,
+    C_CRASHES,
     C_NCOLS
 };
 
-enum { S_CLAIM, S_BY_LOCK, S_DELIVERED, S_MARK, S_STALE, S_UNLOCK, S_PURGE, S_COUNT };
+enum {
+    S_CLAIM,
+    S_CLAIM_ORDERED,
+    S_BY_LOCK,
+    S_DELIVERED,
+    S_MARK,
+    S_STALE,
+    S_UNLOCK,
+    S_CRASHED,
+    S_PURGE,
+    S_COUNT
+};
 
 /*
- * @T@ is the quoted table. The claim locks its rows in a MATERIALIZED CTE
- * evaluated exactly once: a plain `id IN (SELECT ... LIMIT n FOR UPDATE SKIP
- * LOCKED)` may be rescanned on the inner side of a nested loop, and each
- * rescan skips the rows it already locked and locks n new ones.
+ * @T@ is the quoted table, @L@ its listeners table. The claim locks its
+ * candidates in a MATERIALIZED CTE evaluated exactly once: a plain `id IN
+ * (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` may be rescanned on the inner
+ * side of a nested loop, and each rescan skips the rows it already locked
+ * and locks n new ones. Only candidates are ever updated, so never more
+ * than n rows. A suspect (crashes > 0: its worker died holding it) is
+ * claimed alone, so that a poison record, crashing again, blames only
+ * itself and its innocent batch mates are cleared one by one.
  */
+#define CLAIM_CANDIDATES(and_more)                                                                 \
+    "WITH c AS MATERIALIZED ("                                                                     \
+    " SELECT id, seq, msg_key, crashes FROM @T@ t WHERE state = 0 AND locked_by IS NULL"           \
+    " AND next_attempt_at <= now()" and_more " ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED),"
+/* Per-key ordering: a keyed row is a candidate only when the head of its
+ * key (its oldest pending row, one probe of the key index) is free and due,
+ * so a key held by another relay or waiting for a retry is passed over and
+ * never fills the batch window, however long its backlog. */
+#define HEAD_FREE                                                                                  \
+    " AND (msg_key IS NULL OR (SELECT h.locked_by IS NULL AND h.next_attempt_at <= now()"          \
+    " FROM @T@ h WHERE h.state = 0 AND h.msg_key = t.msg_key ORDER BY h.seq LIMIT 1))"
+#define CLAIM_UPDATE                                                                               \
+    " p AS (SELECT id FROM s UNION ALL SELECT id FROM ok WHERE NOT EXISTS (SELECT 1 FROM s)),"     \
+    " u AS (UPDATE @T@ AS t SET locked_by = $1, locked_on = now() FROM p"                          \
+    " WHERE t.id = p.id RETURNING t.*)"                                                            \
+    " SELECT " COLS " FROM u ORDER BY seq"
+
 static const struct {
     const char *name;
     int nparams;
@@ -66,12 +99,25 @@ static const struct {
     [S_CLAIM] = {"outbox_claim",
                  2,
                  {TEXTOID, INT4OID},
-                 "WITH c AS MATERIALIZED ("
-                 " SELECT id FROM @T@ WHERE state = 0 AND locked_by IS NULL"
-                 " AND next_attempt_at <= now() ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED),"
-                 " u AS (UPDATE @T@ AS t SET locked_by = $1, locked_on = now() FROM c"
-                 " WHERE t.id = c.id RETURNING t.*)"
-                 " SELECT " COLS " FROM u ORDER BY seq"},
+                 CLAIM_CANDIDATES("") " ok AS (SELECT * FROM c),"
+                 " s AS (SELECT id FROM c WHERE crashes > 0 ORDER BY seq LIMIT 1)," CLAIM_UPDATE},
+    /* Per-key ordering: of the candidates, a keyed one is kept only when
+     * the candidates hold every pending row of its key up to the newest one
+     * taken (none in flight elsewhere, waiting for a retry or skipped), so
+     * a key is never published by two relays at once nor out of order. A
+     * suspect goes alone only when it heads its key. */
+    [S_CLAIM_ORDERED] = {"outbox_claim_ordered",
+                         2,
+                         {TEXTOID, INT4OID},
+                         CLAIM_CANDIDATES(HEAD_FREE)
+                         " k AS (SELECT msg_key, max(seq) AS mx, count(*) AS n FROM c"
+                         " WHERE msg_key IS NOT NULL GROUP BY msg_key),"
+                         " ok AS (SELECT * FROM c WHERE msg_key IS NULL OR msg_key IN"
+                         " (SELECT k.msg_key FROM k WHERE k.n = (SELECT count(*) FROM @T@ e"
+                         " WHERE e.state = 0 AND e.msg_key = k.msg_key AND e.seq <= k.mx))),"
+                         " s AS (SELECT id FROM ok o WHERE crashes > 0 AND (msg_key IS NULL OR"
+                         " seq = (SELECT min(seq) FROM ok o2 WHERE o2.msg_key = o.msg_key))"
+                         " ORDER BY seq LIMIT 1)," CLAIM_UPDATE},
     [S_BY_LOCK] = {"outbox_by_lock",
                    1,
                    {TEXTOID},
@@ -123,6 +169,20 @@ static const struct {
                   "WITH gone AS (DELETE FROM @L@ WHERE lock_id = $1)"
                   " UPDATE @T@ SET locked_by = NULL, locked_on = NULL WHERE state = 0"
                   " AND locked_by = $1"},
+    /* A worker died holding these rows: free them, count the crash, park
+     * those at the limit ($2 > 0). The SET expressions see the old row. */
+    [S_CRASHED] = {"outbox_crashed",
+                   2,
+                   {TEXTOID, INT4OID},
+                   "WITH gone AS (DELETE FROM @L@ WHERE lock_id = $1)"
+                   " UPDATE @T@ SET locked_by = NULL, locked_on = NULL, crashes = crashes + 1,"
+                   " state = CASE WHEN $2 > 0 AND crashes + 1 >= $2 THEN 2 ELSE state END,"
+                   " processed_on = CASE WHEN $2 > 0 AND crashes + 1 >= $2 THEN now()"
+                   " ELSE processed_on END,"
+                   " last_error = CASE WHEN $2 > 0 AND crashes + 1 >= $2 THEN"
+                   " 'worker died while processing (' || (crashes + 1) || ' times)'"
+                   " ELSE last_error END"
+                   " WHERE state = 0 AND locked_by = $1 RETURNING state"},
     /* A NULL retention keeps that kind: the comparison is never true. The
      * ids come from an InitPlan evaluated once, so at most $3 rows go. */
     [S_PURGE] = {"outbox_purge",
@@ -144,6 +204,7 @@ typedef struct pg_store {
     outbox_pg_names_t names;
     char *qlisteners; /* "schema"."table_listeners" */
     int statement_timeout_ms;
+    bool per_key_order;
     char *sql[S_COUNT];
 } pg_store_t;
 
@@ -284,6 +345,7 @@ exec(pg_store_t *s, int st, const char *const *values, const int *lengths, PGres
         drop(s);
         if ((rc = open_conn(s)) != OUTBOX_OK)
             return rc;
+        s->base.reconnects++;
     }
     res = PQexecPrepared(s->conn, stmts[st].name, stmts[st].nparams, values, lengths, NULL, 1);
     es = PQresultStatus(res);
@@ -420,6 +482,7 @@ fill(pg_store_t *s, PGresult *res, outbox_batch_t *out)
         r->last_attempt_on = col_time(res, i, C_LAST_ATTEMPT_ON);
         r->locked_by = col_str(out, res, i, C_LOCKED_BY);
         r->last_error = col_str(out, res, i, C_LAST_ERROR);
+        r->crashes = (int32_t)be(PQgetvalue(res, i, C_CRASHES), 4);
         if (r->msg.topic == NULL || r->msg.body == NULL ||
             fill_headers(out, r, PQgetvalue(res, i, C_HEADERS), PQgetlength(res, i, C_HEADERS)) !=
                 OUTBOX_OK)
@@ -445,7 +508,8 @@ pg_claim(outbox_store_t *base, const char *lock_id, int limit, outbox_batch_t *o
     snprintf(lim, sizeof(lim), "%d", limit);
     values[0] = lock_id;
     values[1] = lim;
-    if ((rc = exec(s, S_CLAIM, values, NULL, &res)) != OUTBOX_OK)
+    if ((rc = exec(s, s->per_key_order ? S_CLAIM_ORDERED : S_CLAIM, values, NULL, &res)) !=
+        OUTBOX_OK)
         return rc;
     /* Should the copy fail, the rows stay locked by lock_id until
      * clear_stale_locks or clear_locks_by_lock_id frees them. */
@@ -644,6 +708,33 @@ pg_clear_locks_by_lock_id(outbox_store_t *base, const char *lock_id, int64_t *re
 }
 
 static int
+pg_release_crashed(outbox_store_t *base, const char *lock_id, int crash_limit, int64_t *released,
+                   int64_t *parked)
+{
+    pg_store_t *s = (pg_store_t *)base;
+    PGresult *res = NULL;
+    char lim[16];
+    const char *values[2] = {lock_id, lim};
+    int64_t dead = 0;
+    int rc, i, rows;
+
+    if (lock_id == NULL)
+        return fail(s, OUTBOX_ERR_INVALID, "%s", "release_crashed: NULL lock id");
+    snprintf(lim, sizeof(lim), "%d", crash_limit > 0 ? crash_limit : 0);
+    if ((rc = exec(s, S_CRASHED, values, NULL, &res)) != OUTBOX_OK)
+        return rc;
+    rows = PQntuples(res);
+    for (i = 0; i < rows; i++)
+        dead += (int16_t)be(PQgetvalue(res, i, 0), 2) == OUTBOX_STATE_MAX_ATTEMPTS_REACHED;
+    PQclear(res);
+    if (released != NULL)
+        *released = rows;
+    if (parked != NULL)
+        *parked = dead;
+    return OUTBOX_OK;
+}
+
+static int
 pg_purge(outbox_store_t *base, int64_t retention_ms, int64_t dead_retention_ms, int limit,
          int64_t *deleted)
 {
@@ -683,8 +774,14 @@ pg_destroy(outbox_store_t *base)
 }
 
 static const outbox_store_ops_t pg_ops = {
-    pg_claim, pg_get_by_lock_id, pg_mark, pg_clear_stale_locks, pg_clear_locks_by_lock_id,
-    pg_purge, pg_destroy,
+    .claim = pg_claim,
+    .get_by_lock_id = pg_get_by_lock_id,
+    .mark = pg_mark,
+    .clear_stale_locks = pg_clear_stale_locks,
+    .clear_locks_by_lock_id = pg_clear_locks_by_lock_id,
+    .release_crashed = pg_release_crashed,
+    .purge = pg_purge,
+    .destroy = pg_destroy,
 };
 
 int
@@ -704,6 +801,7 @@ outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt, cha
     }
     s->base.ops = &pg_ops;
     s->statement_timeout_ms = opt->statement_timeout_ms;
+    s->per_key_order = opt->per_key_order;
     rc = outbox_pg_names_init(&s->names, opt->schema, opt->table, s->base.err, sizeof(s->base.err));
     if (rc != OUTBOX_OK)
         goto done;

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "log.h"
 #include "outbox/broker.h"
 #include "outbox/dispatcher.h"
@@ -104,10 +105,13 @@ publish_counters(worker_t *w)
     v[OUTBOX_STAT_DUPLICATES] = c->duplicates;
     v[OUTBOX_STAT_PUBLISH_ERRORS] = c->publish_errors;
     v[OUTBOX_STAT_DB_ERRORS] = c->db_errors;
-    v[OUTBOX_STAT_RECONNECTS] = w->reconnects;
+    v[OUTBOX_STAT_RECONNECTS] = w->reconnects + (w->store != NULL ? w->store->reconnects : 0) +
+                                (w->broker != NULL ? w->broker->reconnects : 0);
     v[OUTBOX_STAT_BYTES] = c->bytes;
     v[OUTBOX_STAT_LOCKS_FREED] = c->locks_freed + w->releases_freed;
     v[OUTBOX_STAT_PURGED] = c->purged;
+    v[OUTBOX_STAT_DEAD_LETTERS] = c->dead_letters;
+    v[OUTBOX_STAT_HELD_BACK] = c->held_back;
     outbox_stats_set_counters(w->slot, v);
 }
 
@@ -149,6 +153,25 @@ observe(void *arg, outbox_dispatcher_event_t ev, size_t n, const outbox_record_t
     }
 }
 
+/* The longest time between a publish of a record and its re-publish: a
+ * retry after an ack that was lost (retry_max), or a relay that died with
+ * it claimed (freed at once by the keeper, or after max_lock_time plus a
+ * lock-check period when the whole relay died); plus the publish itself. */
+static int64_t
+dedupe_span_ms(const outbox_config_t *c)
+{
+    int64_t crash = c->max_lock_time_ms + c->lock_check_interval_ms;
+
+    return (c->retry_max_ms > crash ? c->retry_max_ms : crash) + c->publish_timeout_ms;
+}
+
+static void
+warn_cb(void *arg, const char *text)
+{
+    (void)arg;
+    log_warn("%s", text);
+}
+
 static int
 connect_all(worker_t *w)
 {
@@ -162,6 +185,7 @@ connect_all(worker_t *w)
             .schema = w->cfg.schema,
             .table = w->cfg.table,
             .statement_timeout_ms = (int)w->cfg.statement_timeout_ms,
+            .per_key_order = w->cfg.per_key_order != 0,
         };
 
         err[0] = '\0';
@@ -188,6 +212,8 @@ connect_all(worker_t *w)
             .publish_timeout_ms = w->cfg.publish_timeout_ms,
             .connect_timeout_ms = w->cfg.connect_timeout_ms,
             .name = w->spec->lock_id,
+            .dedupe_span_ms = dedupe_span_ms(&w->cfg),
+            .warn = warn_cb,
         };
 
         err[0] = '\0';
@@ -203,6 +229,7 @@ connect_all(worker_t *w)
             report(w, "connecting to NATS failed", err);
             return -1;
         }
+        w->broker = outbox_fault_wrap_broker(w->broker);
         if (w->connected_once)
             w->reconnects++;
     }
@@ -327,7 +354,7 @@ apply_releases(worker_t *w)
 {
     char *nl, *sp;
     ssize_t n;
-    int64_t freed;
+    int64_t freed, parked;
 
     if (w->spec->release_fd < 0)
         return;
@@ -343,21 +370,28 @@ apply_releases(worker_t *w)
             log_warn("reading lock-release requests failed: %s", strerror(errno));
         break;
     }
-    while (w->store != NULL && (nl = memchr(w->rbuf, '\n', w->rlen)) != NULL) {
+    while (w->d != NULL && (nl = memchr(w->rbuf, '\n', w->rlen)) != NULL) {
         uint64_t seq;
 
         *nl = '\0';
         sp = strchr(w->rbuf, ' ');
         if (sp != NULL) {
             seq = strtoull(w->rbuf, NULL, 10);
-            freed = 0;
-            if (outbox_store_clear_locks_by_lock_id(w->store, sp + 1, &freed) != OUTBOX_OK) {
+            freed = parked = 0;
+            if (outbox_dispatcher_release_crashed(w->d, sp + 1, &freed, &parked) != OUTBOX_OK) {
                 *nl = '\n';
-                report(w, "releasing the locks of a dead worker failed", w->store->err);
+                report(w, "releasing the locks of a dead worker failed",
+                       outbox_dispatcher_last_error(w->d));
                 return;
             }
             if (freed > 0)
-                log_info("released %lld records still locked by %s", (long long)freed, sp + 1);
+                log_info("released %lld records still locked by %s (a crash counted against "
+                         "each)",
+                         (long long)freed, sp + 1);
+            if (parked > 0)
+                log_warn("%lld of them dead: worker died while processing them %lld times "
+                         "(`outboxd dead list --error 'worker died'`)",
+                         (long long)parked, (long long)w->cfg.crash_limit);
             if (w->slot != NULL)
                 outbox_stats_heartbeat(w->slot); /* one statement per request */
             w->releases_freed += (uint64_t)freed;

@@ -39,21 +39,35 @@ typedef struct outbox_broker_ops {
      * JetStream adds Nats-Msg-Id = id. */
     int (*publish)(outbox_broker_t *b, const outbox_record_t *recs, size_t n,
                    outbox_pub_result_t *res);
+    /* Dead-letter copies: as publish, but every record goes to subject,
+     * with its headers plus Outbox-Dead-Reason = reasons[i] (CR/LF and
+     * surrounding white space removed) and Outbox-Topic = its topic; a copy
+     * too large for the server is sent without its body, with
+     * Outbox-Body-Omitted = the body's size. NULL: not supported. */
+    int (*publish_dead)(outbox_broker_t *b, const char *subject, const outbox_record_t *recs,
+                        const char *const *reasons, size_t n, outbox_pub_result_t *res);
     void (*destroy)(outbox_broker_t *b);
 } outbox_broker_ops_t;
 
 struct outbox_broker {
     const outbox_broker_ops_t *ops;
-    char err[512]; /* last failure, one line */
+    char err[512];       /* last failure, one line */
+    uint64_t reconnects; /* connections the implementation re-made after a loss */
 };
 
 int outbox_broker_publish(outbox_broker_t *b, const outbox_record_t *recs, size_t n,
                           outbox_pub_result_t *res);
+/* OUTBOX_ERR_INVALID (every result TRANSIENT) if the broker has no publish_dead. */
+int outbox_broker_publish_dead(outbox_broker_t *b, const char *subject, const outbox_record_t *recs,
+                               const char *const *reasons, size_t n, outbox_pub_result_t *res);
 void outbox_broker_destroy(outbox_broker_t *b); /* NULL ok */
 
-/* Reserved header names (the producer may not set these). */
+/* Reserved header names (the producer may not set Outbox-* or Nats-*). */
 #define OUTBOX_HDR_ID "Outbox-Id"
 #define OUTBOX_HDR_KEY "Outbox-Key"
+#define OUTBOX_HDR_DEAD_REASON "Outbox-Dead-Reason"
+#define OUTBOX_HDR_TOPIC "Outbox-Topic"
+#define OUTBOX_HDR_BODY_OMITTED "Outbox-Body-Omitted"
 
 /* ---- NATS implementation (cnats) ---- */
 
@@ -68,6 +82,14 @@ typedef struct outbox_nats_options {
     int64_t publish_timeout_ms; /* PubAck / flush wait for a whole batch */
     int64_t connect_timeout_ms;
     const char *name; /* connection name shown by the server; may be NULL */
+    /* JetStream: the longest time between a publish and a re-publish of
+     * the same record (retries, crashed relays). The first PubAck from each
+     * stream has that stream's duplicate window checked against it; when
+     * shorter, warn(warn_arg, text) is called once (duplicates could get
+     * through). 0 or warn NULL: no check. */
+    int64_t dedupe_span_ms;
+    void (*warn)(void *warn_arg, const char *text);
+    void *warn_arg;
 } outbox_nats_options_t;
 
 int outbox_nats_broker_create(outbox_broker_t **out, const outbox_nats_options_t *opt,

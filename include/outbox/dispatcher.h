@@ -39,10 +39,18 @@ typedef struct outbox_dispatcher_settings {
     int32_t batch_size;             /* records per claim */
     int32_t cleanup_batch;          /* rows per retention delete */
     outbox_retry_policy_t retry;
+    int32_t crash_limit;            /* worker deaths holding a record before it is dead
+                                       (0: never; else >= 2, so innocent batch mates,
+                                       retried alone after one crash, never reach it) */
+    bool per_key_order;             /* publish each key's records in seq order (the store
+                                       must claim per-key prefixes: outbox_pg_options_t) */
+    const char *dead_letter_subject; /* NULL/"": none; else every record made dead is
+                                        also published there (copied at create) */
 } outbox_dispatcher_settings_t;
 
 /* Documented defaults: 1 s, 50 ms, 15 s, 1 min, 1 h, 24 h, 30 d, 500, 10000;
- * retry: 10 attempts, 1 s, x2, 5 min cap, jitter 0.2. */
+ * retry: 10 attempts, 1 s, x2, 1 min cap, jitter 0.2; crash limit 3; no
+ * per-key ordering; no dead-letter subject. */
 void outbox_dispatcher_settings_default(outbox_dispatcher_settings_t *s);
 /* OUTBOX_OK, or OUTBOX_ERR_CONFIG with one line naming the setting. */
 int outbox_dispatcher_settings_validate(const outbox_dispatcher_settings_t *s, char *err,
@@ -63,6 +71,8 @@ typedef struct outbox_dispatcher_counters {
     uint64_t bytes;          /* body bytes acknowledged */
     uint64_t locks_freed;    /* stale locks cleared by the lock check */
     uint64_t purged;         /* rows deleted by retention */
+    uint64_t dead_letters;   /* dead-letter copies acknowledged */
+    uint64_t held_back;      /* per-key ordering: released unsent behind a failed record */
     uint64_t last_batch_size;
 } outbox_dispatcher_counters_t;
 
@@ -108,6 +118,10 @@ int outbox_dispatcher_check_locks(outbox_dispatcher_t *d, int64_t *released);
 int outbox_dispatcher_cleanup(outbox_dispatcher_t *d, int64_t *deleted);
 /* Give back every lock this dispatcher holds (clean stop). */
 int outbox_dispatcher_release(outbox_dispatcher_t *d);
+/* Another relay, lock_id, died: free its records, counting the crash
+ * against each (crash_limit). Counted as locks_freed and dead. */
+int outbox_dispatcher_release_crashed(outbox_dispatcher_t *d, const char *lock_id,
+                                      int64_t *released, int64_t *parked);
 
 /*
  * Run the jobs due at now_ms (monotonic ms). *wait_ms = time until the next

@@ -2,7 +2,8 @@
  * In-memory Store and scriptable Broker for tests of code built on
  * liboutbox (and of the dispatcher itself). The mock store keeps records in
  * an array and applies the same rules as the PostgreSQL store (claim bound,
- * oldest first, due time, lock filtering, retention of non-pending rows only);
+ * oldest first, due time, lock filtering, suspects alone, per-key prefixes,
+ * crash counts, retention of non-pending rows only);
  * its clock is mock_now_ms, advanced by the test. Not thread-safe.
  */
 #ifndef OUTBOX_MOCK_H
@@ -29,6 +30,7 @@ typedef struct outbox_mock_record {
     char locked_by[128]; /* "" = unlocked */
     int64_t locked_on_ms, processed_on_ms, last_attempt_ms, next_attempt_ms;
     char last_error[256];
+    int32_t crashes;
 } outbox_mock_record_t;
 
 typedef struct outbox_mock_store {
@@ -39,7 +41,9 @@ typedef struct outbox_mock_store {
     int64_t now_ms;      /* the mock database clock */
     int fail_next;       /* > 0: the next fail_next calls fail with fail_status */
     int fail_status;
+    bool per_key_order; /* claim as the PostgreSQL store's per_key_order */
     unsigned calls_claim, calls_mark, calls_clear_stale, calls_clear_by_id, calls_purge;
+    unsigned calls_crashed;
     size_t last_mark_n;  /* marks in the last mark() call */
 } outbox_mock_store_t;
 
@@ -64,6 +68,13 @@ typedef struct outbox_mock_broker {
     size_t published;            /* records acknowledged */
     char (*sent_ids)[OUTBOX_ID_LEN + 1]; /* every id acknowledged, in order */
     size_t nsent, sent_cap;
+    /* dead-letter copies: verdict dead_verdict (OK when unset); the ids
+     * and reasons of those acknowledged, in order */
+    outbox_pub_status_t dead_verdict;
+    unsigned dead_calls;
+    char (*dead_ids)[OUTBOX_ID_LEN + 1];
+    char (*dead_reasons)[256];
+    size_t ndead, dead_cap;
 } outbox_mock_broker_t;
 
 int outbox_mock_broker_create(outbox_mock_broker_t **out);

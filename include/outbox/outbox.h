@@ -57,6 +57,7 @@ typedef struct outbox_record {
     int64_t last_attempt_on;
     const char *locked_by;  /* NULL when not locked */
     const char *last_error; /* NULL when none */
+    int32_t crashes;        /* times a worker died holding it */
 } outbox_record_t;
 
 /*

@@ -36,7 +36,9 @@ typedef struct outbox_store outbox_store_t;
 typedef struct outbox_store_ops {
     /* Lock and return up to limit PENDING, unlocked, due (next_attempt_at <=
      * now()) records, oldest seq first, setting locked_by = lock_id and
-     * locked_on = now(). Never more than limit whatever the plan. Resets
+     * locked_on = now(). Never more than limit whatever the plan. A record
+     * with a crash count is returned alone. With per-key ordering, a keyed
+     * record only with every pending record of its key before it. Resets
      * and fills out. */
     int (*claim)(outbox_store_t *s, const char *lock_id, int limit, outbox_batch_t *out);
     /* Records currently locked by lock_id (any state), oldest first. */
@@ -50,6 +52,13 @@ typedef struct outbox_store_ops {
     int (*clear_stale_locks)(outbox_store_t *s, int64_t max_lock_ms, int64_t *released);
     /* Clear every lock held by lock_id (filters on locked_by). */
     int (*clear_locks_by_lock_id)(outbox_store_t *s, const char *lock_id, int64_t *released);
+    /* The relay holding lock_id died (crash, kill): clear its locks and add
+     * one to each of those records' crash count; a record reaching
+     * crash_limit (> 0) becomes dead, last_error "worker died while
+     * processing (N times)". Records with a crash count are claimed alone
+     * (see claim). *parked = records made dead. */
+    int (*release_crashed)(outbox_store_t *s, const char *lock_id, int crash_limit,
+                           int64_t *released, int64_t *parked);
     /* Delete at most limit rows: DELIVERED ones processed before now() -
      * retention_ms, and dead ones before now() - dead_retention_ms. A
      * negative retention keeps that kind forever. Never a PENDING row. */
@@ -61,7 +70,8 @@ typedef struct outbox_store_ops {
 
 struct outbox_store {
     const outbox_store_ops_t *ops;
-    char err[512]; /* last failure, one line */
+    char err[512];       /* last failure, one line */
+    uint64_t reconnects; /* connections the implementation re-made after a loss */
 };
 
 /* Convenience wrappers: s->ops->x(s, ...). */
@@ -72,6 +82,8 @@ int outbox_store_mark(outbox_store_t *s, const char *lock_id, const outbox_mark_
 int outbox_store_clear_stale_locks(outbox_store_t *s, int64_t max_lock_ms, int64_t *released);
 int outbox_store_clear_locks_by_lock_id(outbox_store_t *s, const char *lock_id,
                                         int64_t *released);
+int outbox_store_release_crashed(outbox_store_t *s, const char *lock_id, int crash_limit,
+                                 int64_t *released, int64_t *parked);
 int outbox_store_purge(outbox_store_t *s, int64_t retention_ms, int64_t dead_retention_ms,
                        int limit, int64_t *deleted);
 void outbox_store_destroy(outbox_store_t *s); /* NULL ok */
@@ -83,6 +95,7 @@ typedef struct outbox_pg_options {
     const char *schema;   /* NULL = "public" */
     const char *table;    /* NULL = "outbox" */
     int statement_timeout_ms; /* 0 = server default */
+    bool per_key_order;       /* claim whole per-key prefixes only (see claim) */
 } outbox_pg_options_t;
 
 /* Connect and check the schema version. The store reconnects by itself on

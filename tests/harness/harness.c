@@ -140,6 +140,10 @@ static void env_set(th_env_t *e, const char *key, const char *val)
         e->nats_port = atoi(val);
     } else if (strcmp(key, "OUTBOX_TEST_DIR") == 0) {
         copy_field(e->dir, sizeof(e->dir), val, key);
+    } else if (strcmp(key, "OUTBOX_TEST_NATS_PID") == 0) {
+        e->nats_pid = atoi(val);
+    } else if (strcmp(key, "OUTBOX_TEST_PG_PID") == 0) {
+        e->pg_pid = atoi(val);
     }
 }
 
@@ -728,4 +732,11 @@ void th_nats_stop(th_servers_t *s)
 void th_nats_start(th_servers_t *s)
 {
     servers_cmd(s, "nats-start");
+}
+
+void th_nats_pause(th_servers_t *s, int paused)
+{
+    if (s->env.nats_pid <= 0 || kill(s->env.nats_pid, paused ? SIGSTOP : SIGCONT) != 0) {
+        fail_msg("cannot %s nats-server (pid %d)", paused ? "pause" : "resume", s->env.nats_pid);
+    }
 }

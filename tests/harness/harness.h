@@ -25,6 +25,7 @@ typedef struct th_env {
     char nats_url[128];
     int nats_port;
     char dir[512];      /* the servers' temp dir */
+    int nats_pid, pg_pid; /* private servers: to pause or kill them */
 } th_env_t;
 
 /* Load $OUTBOX_TESTENV/env (written by servers.sh). Fails the test if the
@@ -72,5 +73,6 @@ void th_pg_stop(th_servers_t *s);                 /* fast shutdown */
 void th_pg_start(th_servers_t *s);                /* same port and data */
 void th_nats_stop(th_servers_t *s);
 void th_nats_start(th_servers_t *s);              /* same port and store dir */
+void th_nats_pause(th_servers_t *s, int paused);  /* SIGSTOP / SIGCONT nats-server */
 
 #endif

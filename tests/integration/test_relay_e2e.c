@@ -399,7 +399,8 @@ counting_destroy(outbox_broker_t *b)
     (void)b;
 }
 
-static const outbox_broker_ops_t counting_ops = {counting_publish, counting_destroy};
+static const outbox_broker_ops_t counting_ops = {.publish = counting_publish,
+                                                 .destroy = counting_destroy};
 
 typedef struct runner {
     const char *db, *lock_id;

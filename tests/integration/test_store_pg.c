@@ -28,7 +28,7 @@ typedef struct fx {
 static void
 migrate(const char *ci, const char *schema, const char *table, int want_from)
 {
-    outbox_pg_options_t o = {ci, schema, table, 0};
+    outbox_pg_options_t o = {ci, schema, table, 0, false};
     char err[512];
     int from = -1, to = -1, rc;
 
@@ -42,7 +42,7 @@ migrate(const char *ci, const char *schema, const char *table, int want_from)
 static outbox_store_t *
 store(const char *ci, const char *schema, const char *table)
 {
-    outbox_pg_options_t o = {ci, schema, table, 5000};
+    outbox_pg_options_t o = {ci, schema, table, 5000, false};
     outbox_store_t *s = NULL;
     char err[512];
 
@@ -189,7 +189,7 @@ test_migration_script_runs(void **state)
     free(sql);
     th_exec(f->c, "SELECT dba.old_enqueue('a.b', 'k', '{}', 'x'::bytea)");
     {
-        outbox_pg_options_t o = {f->ci, "dba", "old", 0};
+        outbox_pg_options_t o = {f->ci, "dba", "old", 0, false};
         char err[512];
 
         assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_SCHEMA);
@@ -212,7 +212,7 @@ static void *
 migrate_thread(void *p)
 {
     mig_arg_t *a = p;
-    outbox_pg_options_t o = {a->ci, "conc", a->table, 0};
+    outbox_pg_options_t o = {a->ci, "conc", a->table, 0, false};
 
     a->rc = outbox_pg_migrate(&o, NULL, NULL, a->err, sizeof(a->err));
     return NULL;
@@ -254,7 +254,7 @@ static void
 test_create_errors(void **state)
 {
     fx_t *f = *state;
-    outbox_pg_options_t o = {f->ci, "nowhere", NULL, 0};
+    outbox_pg_options_t o = {f->ci, "nowhere", NULL, 0, false};
     outbox_store_t *s = NULL;
     char err[512], ci[1200];
 
@@ -364,6 +364,19 @@ test_claim_skips(void **state)
     PQfinish(other);
 }
 
+/* A store on the fixture's database with per-key ordering on. */
+static outbox_store_t *
+ordered_store(const char *ci)
+{
+    outbox_pg_options_t o = {ci, NULL, NULL, 5000, true};
+    outbox_store_t *s = NULL;
+    char err[512];
+
+    if (outbox_pg_store_create(&s, &o, err, sizeof(err)) != OUTBOX_OK)
+        fail_msg("store create: %s", err);
+    return s;
+}
+
 /* Planner settings under which `id IN (SELECT ... LIMIT n FOR UPDATE SKIP
  * LOCKED)` becomes a Nested Loop Semi Join whose inner side re-runs the
  * LIMIT subquery for every outer row; each re-run skips the rows locked so
@@ -427,6 +440,123 @@ test_claim_bound_hostile_plan(void **state)
     assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by IS NOT NULL"),
                      12);
     outbox_store_destroy(s);
+    /* The per-key claim too, keyed and keyless rows alike. */
+    th_exec(f->c, "UPDATE outbox SET locked_by = NULL, msg_key = CASE WHEN seq %% 3 = 0 THEN NULL "
+                  "ELSE 'k' || (seq %% 7) END");
+    s = ordered_store(f->ci);
+    assert_int_equal(outbox_store_claim(s, "ord", 5, &f->b), OUTBOX_OK);
+    assert_true(f->b.n >= 1 && f->b.n <= 5);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'ord'"),
+                     (long long)f->b.n);
+    outbox_store_destroy(s);
+}
+
+/* Topics of the claimed batch, space-separated, into buf. */
+static const char *
+claimed_topics(const outbox_batch_t *b, char *buf, size_t len)
+{
+    size_t i, o = 0;
+
+    buf[0] = '\0';
+    for (i = 0; i < b->n && o < len; i++)
+        o += (size_t)snprintf(buf + o, len - o, "%s%s", i ? " " : "", b->recs[i].msg.topic);
+    return buf;
+}
+
+/* A worker died holding a batch: each record's crash is counted and the
+ * locks freed; suspects are then claimed one at a time (oldest first), and
+ * a record reaching the crash limit is dead with the reason. Rows the dead
+ * worker did not hold, and rows of other states, are untouched. */
+static void
+test_release_crashed_and_suspects_alone(void **state)
+{
+    fx_t *f = *state;
+    int64_t freed = -1, parked = -1;
+    char buf[256];
+
+    enqueue_n(f->c, 6);
+    assert_int_equal(outbox_store_claim(f->s, "w1", 4, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 4);
+    th_exec(f->c, "UPDATE outbox SET locked_by = 'other', locked_on = now() WHERE topic = 't.5'");
+    assert_int_equal(outbox_store_release_crashed(f->s, "w1", 3, &freed, &parked), OUTBOX_OK);
+    assert_int_equal(freed, 4);
+    assert_int_equal(parked, 0);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE crashes = 1 AND "
+                                       "locked_by IS NULL AND topic IN ('t.1','t.2','t.3','t.4')"),
+                     4);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE crashes > 0 AND "
+                                       "topic IN ('t.5','t.6')"),
+                     0);
+    /* suspects go alone, oldest first; the clean t.6 waits behind them */
+    assert_int_equal(outbox_store_claim(f->s, "w2", 10, &f->b), OUTBOX_OK);
+    assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "t.1");
+    assert_int_equal(f->b.recs[0].crashes, 1);
+    assert_int_equal(outbox_store_claim(f->s, "w3", 10, &f->b), OUTBOX_OK);
+    assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "t.2");
+    /* w2 dies too, twice more on t.1: dead at the limit, with the reason */
+    assert_int_equal(outbox_store_release_crashed(f->s, "w2", 3, &freed, &parked), OUTBOX_OK);
+    assert_int_equal(freed, 1);
+    assert_int_equal(parked, 0);
+    assert_int_equal(outbox_store_claim(f->s, "w4", 10, &f->b), OUTBOX_OK);
+    assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "t.1");
+    assert_int_equal(outbox_store_release_crashed(f->s, "w4", 3, &freed, &parked), OUTBOX_OK);
+    assert_int_equal(parked, 1);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE topic = 't.1' AND "
+                                       "state = 2 AND crashes = 3 AND processed_on IS NOT NULL "
+                                       "AND last_error = 'worker died while processing (3 times)'"),
+                     1);
+    /* crash limit 0: counted, never parked */
+    assert_int_equal(outbox_store_release_crashed(f->s, "w3", 0, &freed, &parked), OUTBOX_OK);
+    assert_int_equal(freed, 1);
+    assert_int_equal(parked, 0);
+    assert_int_equal(th_query_ll(f->c, "SELECT crashes FROM outbox WHERE topic = 't.2'"), 2);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'other'"),
+                     1);
+}
+
+/* Per-key ordering: a keyed record is claimed only together with every
+ * pending record of its key before it. A key whose head is held by another
+ * relay, waits for a retry, or is row-locked, is skipped whole; other keys
+ * and keyless records go on; a whole prefix is claimed in one batch; the
+ * bound holds. */
+static void
+test_claim_ordered_prefixes(void **state)
+{
+    fx_t *f = *state;
+    outbox_store_t *s = ordered_store(f->ci);
+    char buf[512];
+
+    /* seq order: a.1 b.1 a.2 n.1 b.2 a.3 c.1 c.2 (topic = key.index) */
+    th_exec(f->c, "SELECT outbox_enqueue(t, split_part(t, '.', 1), '{}', '\\x00') FROM "
+                  "unnest(ARRAY['a.1','b.1','a.2','n.1','b.2','a.3','c.1','c.2']) t");
+    th_exec(f->c, "UPDATE outbox SET msg_key = NULL WHERE topic = 'n.1'");
+    /* a.1 held by another relay: key a is skipped, the rest goes */
+    th_exec(f->c, "UPDATE outbox SET locked_by = 'other', locked_on = now() WHERE topic = 'a.1'");
+    assert_int_equal(outbox_store_claim(s, "w1", 100, &f->b), OUTBOX_OK);
+    assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "b.1 n.1 b.2 c.1 c.2");
+    /* a.1 back but waiting for a retry: still skipped */
+    th_exec(f->c, "UPDATE outbox SET locked_by = NULL, next_attempt_at = now() + interval '1h' "
+                  "WHERE topic = 'a.1'");
+    assert_int_equal(outbox_store_claim(s, "w2", 100, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 0);
+    /* due: the whole prefix a.1 a.2 a.3 in one batch, in order */
+    th_exec(f->c, "UPDATE outbox SET next_attempt_at = now() WHERE topic = 'a.1'");
+    assert_int_equal(outbox_store_claim(s, "w2", 100, &f->b), OUTBOX_OK);
+    assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "a.1 a.2 a.3");
+    /* a batch limit cutting a key keeps the prefix: d.1 d.2 of d.1..d.4 */
+    th_exec(f->c, "UPDATE outbox SET state = 1, locked_by = NULL");
+    th_exec(f->c, "SELECT outbox_enqueue('d.' || g, 'd', '{}', '\\x00') FROM "
+                  "generate_series(1, 4) g");
+    assert_int_equal(outbox_store_claim(s, "w3", 2, &f->b), OUTBOX_OK);
+    assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "d.1 d.2");
+    /* while w3 holds them, nobody takes d.3 */
+    assert_int_equal(outbox_store_claim(s, "w4", 10, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 0);
+    /* a suspect heading its key goes alone */
+    assert_int_equal(outbox_store_release_crashed(s, "w3", 3, NULL, NULL), OUTBOX_OK);
+    assert_int_equal(outbox_store_claim(s, "w5", 10, &f->b), OUTBOX_OK);
+    assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "d.1");
+    outbox_store_destroy(s);
 }
 
 #define CONC_ROWS 300
@@ -443,7 +573,7 @@ static void *
 claim_thread(void *p)
 {
     claimer_t *c = p;
-    outbox_pg_options_t o = {c->ci, NULL, NULL, 5000};
+    outbox_pg_options_t o = {c->ci, NULL, NULL, 5000, false};
     outbox_store_t *s = NULL;
     outbox_batch_t b;
     size_t i;
@@ -867,6 +997,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_claim_skips, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_bound_hostile_plan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_claims_disjoint, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_release_crashed_and_suspects_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_ordered_prefixes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_effects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_delivered_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_lock_rules, setup, teardown),

@@ -627,6 +627,186 @@ test_linger_polls_then_idles(void **state)
     done(&f);
 }
 
+/* Per-key ordering: records of a key go in waves, one per position, and a
+ * record behind a failed one of its key is held back unsent (released,
+ * uncharged) while other keys and keyless records go on. A dead (permanent)
+ * record does not hold its key back. The broker sees each key in seq order. */
+static outbox_pub_status_t
+fail_topic_x(const outbox_record_t *r, void *arg)
+{
+    (void)arg;
+    if (strcmp(r->msg.topic, "x.fail") == 0)
+        return OUTBOX_PUB_TRANSIENT;
+    if (strcmp(r->msg.topic, "x.bad") == 0)
+        return OUTBOX_PUB_PERMANENT;
+    return OUTBOX_PUB_OK;
+}
+
+static void
+test_per_key_waves_hold_back_only_their_key(void **state)
+{
+    fx_t f;
+    size_t claimed = 0, i;
+    const char *expect_sent[] = {"a1", "b1", "n1", "c1", "b2", "c3", "b3"};
+    (void)state;
+
+    assert_int_equal(make(&f, 0), 0);
+    /* body names the record; topic x.fail / x.bad set the verdict */
+    assert_true(outbox_mock_store_add(f.store, "x.ok", "A", "a1") >= 0);
+    assert_true(outbox_mock_store_add(f.store, "x.ok", "B", "b1") >= 0);
+    assert_true(outbox_mock_store_add(f.store, "x.fail", "A", "a2") >= 0);
+    assert_true(outbox_mock_store_add(f.store, "x.ok", "", "n1") >= 0);
+    assert_true(outbox_mock_store_add(f.store, "x.ok", "A", "a3") >= 0);
+    assert_true(outbox_mock_store_add(f.store, "x.ok", "B", "b2") >= 0);
+    assert_true(outbox_mock_store_add(f.store, "x.bad", "C", "c1") >= 0);
+    assert_true(outbox_mock_store_add(f.store, "x.ok", "C", "c3") >= 0);
+    assert_true(outbox_mock_store_add(f.store, "x.ok", "B", "b3") >= 0);
+    f.store->per_key_order = true;
+    f.s.per_key_order = true;
+    f.broker->verdict = fail_topic_x;
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 9);
+    /* 3 waves: {a1 b1 a2 n1 c1}, {b2 c3} (a3 held: a2 failed), {b3} */
+    assert_int_equal(f.broker->calls, 3);
+    assert_int_equal(f.broker->nsent, 6);
+    for (i = 0; i < f.broker->nsent; i++) {
+        const outbox_mock_record_t *r = outbox_mock_store_find(f.store, f.broker->sent_ids[i]);
+        size_t k;
+        bool found = false;
+
+        for (k = 0; k < sizeof(expect_sent) / sizeof(expect_sent[0]); k++)
+            found |= strcmp(r->body, expect_sent[k]) == 0;
+        assert_true(found);
+    }
+    /* a3 released untouched behind a2; a2 charged, retrying; c1 dead */
+    for (i = 0; i < f.store->n; i++) {
+        const outbox_mock_record_t *r = &f.store->recs[i];
+
+        if (strcmp(r->body, "a3") == 0) {
+            assert_int_equal(r->state, OUTBOX_STATE_PENDING);
+            assert_int_equal(r->attempts, 0);
+            assert_string_equal(r->locked_by, "");
+        } else if (strcmp(r->body, "a2") == 0) {
+            assert_int_equal(r->state, OUTBOX_STATE_PENDING);
+            assert_int_equal(r->attempts, 1);
+        } else if (strcmp(r->body, "c1") == 0) {
+            assert_int_equal(r->state, OUTBOX_STATE_MAX_ATTEMPTS_REACHED);
+        } else {
+            assert_int_equal(r->state, OUTBOX_STATE_DELIVERED);
+        }
+    }
+    assert_int_equal(outbox_dispatcher_counters(f.d)->held_back, 1);
+    /* next pass: key A waits for a2's retry (not due), nothing else left */
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 0);
+    done(&f);
+}
+
+/* Dead-letter copies: a record made dead is also published to the
+ * dead-letter subject with its reason; a copy that cannot go leaves it dead
+ * with a note; one that fails for now turns the death into a retry. */
+static void
+test_dead_letters(void **state)
+{
+    fx_t f;
+    size_t claimed = 0;
+    outbox_mock_record_t *r;
+    (void)state;
+
+    assert_int_equal(make(&f, 3), 0);
+    f.s.dead_letter_subject = "dead.letters";
+    f.broker->verdict = permanent_second;
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(f.broker->dead_calls, 1);
+    assert_int_equal(f.broker->ndead, 1);
+    r = outbox_mock_store_find(f.store, f.broker->dead_ids[0]);
+    assert_int_equal(r->seq, 2);
+    assert_int_equal(r->state, OUTBOX_STATE_MAX_ATTEMPTS_REACHED);
+    assert_non_null(strstr(f.broker->dead_reasons[0], "verdict"));
+    assert_int_equal(outbox_dispatcher_counters(f.d)->dead_letters, 1);
+    done(&f);
+
+    /* the copy fails for now: the record retries, not dead yet */
+    assert_int_equal(make(&f, 3), 0);
+    f.s.dead_letter_subject = "dead.letters";
+    f.broker->verdict = permanent_second;
+    f.broker->dead_verdict = OUTBOX_PUB_TRANSIENT;
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    r = &f.store->recs[1];
+    assert_int_equal(r->state, OUTBOX_STATE_PENDING);
+    assert_true(r->next_attempt_ms > f.store->now_ms);
+    assert_non_null(strstr(r->last_error, "dead-letter copy failed"));
+    assert_int_equal(outbox_dispatcher_counters(f.d)->dead, 0);
+    done(&f);
+
+    /* the copy can never go: dead anyway, the reason says so */
+    assert_int_equal(make(&f, 3), 0);
+    f.s.dead_letter_subject = "dead.letters";
+    f.broker->verdict = permanent_second;
+    f.broker->dead_verdict = OUTBOX_PUB_PERMANENT;
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    r = &f.store->recs[1];
+    assert_int_equal(r->state, OUTBOX_STATE_MAX_ATTEMPTS_REACHED);
+    assert_non_null(strstr(r->last_error, "no dead-letter copy"));
+    done(&f);
+}
+
+/* A relay died holding a batch: the crash is counted against each record
+ * and the poison one, retried alone, is dead at crash_limit while its
+ * innocent batch mates are delivered one by one. */
+static void
+test_crash_narrowed_to_the_poison_record(void **state)
+{
+    fx_t f;
+    outbox_batch_t b;
+    int64_t freed = 0, parked = 0;
+    size_t claimed = 0;
+    int round;
+    (void)state;
+
+    assert_int_equal(make(&f, 0), 0);
+    assert_true(outbox_mock_store_add(f.store, "ok", "", "a") >= 0);
+    assert_true(outbox_mock_store_add(f.store, "poison", "", "p") >= 0);
+    assert_true(outbox_mock_store_add(f.store, "ok", "", "b") >= 0);
+    start(&f);
+    outbox_batch_init(&b);
+    /* relay "r1" claims all three and dies; the keeper releases them */
+    assert_int_equal(outbox_store_claim(&f.store->base, "r1", 10, &b), OUTBOX_OK);
+    assert_int_equal(b.n, 3);
+    assert_int_equal(outbox_dispatcher_release_crashed(f.d, "r1", &freed, &parked), OUTBOX_OK);
+    assert_int_equal(freed, 3);
+    assert_int_equal(parked, 0);
+    /* suspects alone: "a" first (delivered), then the poison kills r2, r3 */
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 1);
+    assert_int_equal(f.store->recs[0].state, OUTBOX_STATE_DELIVERED);
+    for (round = 2; round <= 3; round++) {
+        char id[8];
+
+        snprintf(id, sizeof(id), "r%d", round);
+        assert_int_equal(outbox_store_claim(&f.store->base, id, 10, &b), OUTBOX_OK);
+        assert_int_equal(b.n, 1);
+        assert_string_equal(b.recs[0].msg.topic, "poison");
+        assert_int_equal(outbox_dispatcher_release_crashed(f.d, id, &freed, &parked), OUTBOX_OK);
+        assert_int_equal(freed, 1);
+        assert_int_equal(parked, round == 3 ? 1 : 0);
+    }
+    assert_int_equal(f.store->recs[1].state, OUTBOX_STATE_MAX_ATTEMPTS_REACHED);
+    assert_string_equal(f.store->recs[1].last_error, "worker died while processing (3 times)");
+    /* the innocent "b" (one crash) goes alone and is delivered */
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 1);
+    assert_int_equal(f.store->recs[2].state, OUTBOX_STATE_DELIVERED);
+    assert_int_equal(f.store->recs[2].crashes, 1);
+    assert_int_equal(outbox_dispatcher_counters(f.d)->dead, 1);
+    outbox_batch_free(&b);
+    done(&f);
+}
+
 static void
 test_tick_backs_off_on_errors(void **state)
 {
@@ -756,6 +936,10 @@ test_settings_validation(void **state)
     BAD(retry.multiplier, 0.5, "retry_multiplier");
     BAD(retry.max_ms, 10, "retry_max");
     BAD(retry.jitter, 1.5, "retry_jitter");
+    BAD(crash_limit, 1, "crash_limit");
+    BAD(linger_ms, -1, "linger");
+    BAD(dead_letter_subject, "dead letters", "dead_letter_subject");
+    BAD(dead_letter_subject, "dead.>", "dead_letter_subject");
 #undef BAD
     outbox_dispatcher_settings_default(&s);
     s.retention_ms = -1; /* keep forever is fine */
@@ -804,6 +988,9 @@ main(void)
         cmocka_unit_test(test_batch_bound_and_order),
         cmocka_unit_test(test_tick_schedules_jobs),
         cmocka_unit_test(test_linger_polls_then_idles),
+        cmocka_unit_test(test_per_key_waves_hold_back_only_their_key),
+        cmocka_unit_test(test_dead_letters),
+        cmocka_unit_test(test_crash_narrowed_to_the_poison_record),
         cmocka_unit_test(test_tick_backs_off_on_errors),
         cmocka_unit_test(test_lock_check_alone_backs_off_on_errors),
         cmocka_unit_test(test_retry_delay_policy),

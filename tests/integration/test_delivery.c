@@ -1,0 +1,541 @@
+/*
+ * Delivery semantics against a real PostgreSQL and nats-server (JetStream),
+ * through `outboxd run`: a poison record that kills its worker is parked
+ * and its batch mates delivered; per-key ordering across workers, retries
+ * and a killed worker; dead letters and the `outboxd dead` commands; retry
+ * backoff; outages of both servers (restart, killed connections, a paused
+ * nats-server) ending with every committed message in the stream once; the
+ * duplicate-window warning. Every loop is bounded in count and time.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "outbox/broker.h"
+#include "outbox/outbox.h"
+#include "outbox/store.h"
+#include "pool.h"
+
+static th_env_t env;
+
+/* `outboxd -c CONF args...`: exit status; output (stdout+stderr) into out
+ * (malloc'd, caller frees) when out is not NULL. */
+static int
+outboxd(const pool_t *c, char **out, const char *a1, const char *a2, const char *a3,
+        const char *a4, const char *a5)
+{
+    char bin[512], path[256];
+    char *argv[] = {bin,         "-c",        (char *)c->conf, (char *)a1, (char *)a2,
+                    (char *)a3, (char *)a4, (char *)a5,       NULL};
+    FILE *f;
+    long n;
+    int st;
+    pid_t p;
+
+    th_bin(bin, sizeof(bin), "outboxd");
+    snprintf(path, sizeof(path), "/tmp/outbox-cmd-%s.out", c->prefix);
+    unlink(path);
+    p = th_spawn(argv, path);
+    assert_int_equal(th_wait(p, 30000, &st), 1);
+    if (out != NULL) {
+        f = fopen(path, "r");
+        assert_non_null(f);
+        fseek(f, 0, SEEK_END);
+        n = ftell(f);
+        rewind(f);
+        *out = calloc(1, (size_t)n + 1);
+        assert_non_null(*out);
+        assert_int_equal(fread(*out, 1, (size_t)n, f), (size_t)n);
+        fclose(f);
+    }
+    unlink(path);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* Wait until the SQL count query returns want. */
+static void
+wait_count(pool_t *c, PGconn *pg, long long want, int64_t timeout_ms, const char *sql)
+{
+    int64_t deadline = th_now_ms() + timeout_ms;
+    long long n;
+
+    while ((n = th_query_ll(pg, "%s", sql)) != want) {
+        if (th_now_ms() > deadline) {
+            pool_dump_log(c);
+            fail_msg("%s: %lld, expected %lld within %lld ms", sql, n, want,
+                     (long long)timeout_ms);
+        }
+        th_sleep_ms(20);
+    }
+}
+
+static void
+set_stream_subjects(pool_t *c, const char *subjects)
+{
+    outbox_nats_options_t no = {
+        .url = pool_env->nats_url, .publish_timeout_ms = 5000, .connect_timeout_ms = 2000};
+    char err[512];
+
+    if (outbox_nats_stream_update(&no, c->stream, subjects, 0, err, sizeof(err)) != OUTBOX_OK)
+        fail_msg("stream update: %s", err);
+}
+
+/* Stream message seq: subject, body and a header into the buffers. */
+static void
+stream_msg(pool_t *c, uint64_t seq, char *subj, size_t slen, char *body, size_t blen,
+           const char *hdr, char *hval, size_t hlen)
+{
+    natsMsg *m = NULL;
+    jsErrCode jerr = 0;
+    const char *v = NULL;
+    int n;
+
+    if (js_GetMsg(&m, c->js, c->stream, seq, NULL, &jerr) != NATS_OK)
+        fail_msg("stream %s has no message %llu (err %d)", c->stream, (unsigned long long)seq,
+                 (int)jerr);
+    snprintf(subj, slen, "%s", natsMsg_GetSubject(m));
+    n = natsMsg_GetDataLength(m);
+    snprintf(body, blen, "%.*s", n, natsMsg_GetData(m) != NULL ? natsMsg_GetData(m) : "");
+    if (hdr != NULL) {
+        hval[0] = '\0';
+        if (natsMsgHeader_Get(m, hdr, &v) == NATS_OK)
+            snprintf(hval, hlen, "%s", v);
+    }
+    natsMsg_Destroy(m);
+}
+
+/* ---- a poison record ---- */
+
+/* A record whose publishing kills its worker (SIGKILL, as the OOM killer
+ * would) must not crash-loop the pool: after crash_limit deaths it is dead
+ * with the reason, and the innocent records that shared its batch are
+ * delivered. Needs the fault-injection build (tools/check.sh makes one). */
+static void
+test_poison_record_is_parked_innocents_delivered(void **state)
+{
+#ifndef OUTBOX_FAULT_INJECTION
+    (void)state;
+    skip();
+#else
+    char poison[128];
+    PGconn *pg;
+    json_t *j;
+    pool_t c;
+    (void)state;
+
+    pool_open(&c, "poison");
+    snprintf(poison, sizeof(poison), "%s.poison", c.prefix);
+    pg = th_connect(c.db);
+    /* one transaction: 10 innocents, the poison, 10 innocents */
+    th_exec(pg,
+            "SELECT outbox_enqueue(CASE WHEN g = 11 THEN '%s' ELSE '%s.ok' END, NULL, '{}', "
+            "convert_to('m' || g, 'UTF8')) FROM generate_series(1, 21) g",
+            poison, c.prefix);
+    pool_write_conf(&c, 2, "batch_size = 50\nprocess_interval = 50ms\n");
+    setenv("OUTBOX_FAULT_KILL_TOPIC", poison, 1);
+    pool_start(&c);
+    unsetenv("OUTBOX_FAULT_KILL_TOPIC");
+    wait_count(&c, pg, 1, 90000, "SELECT count(*) FROM outbox WHERE state = 2");
+    wait_count(&c, pg, 20, 30000, "SELECT count(*) FROM outbox WHERE state = 1");
+    assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 2 AND topic = "
+                                     "'%s' AND crashes = 3 AND last_error = 'worker died while "
+                                     "processing (3 times)'",
+                                 poison),
+                     1);
+    /* innocents: at most the one crash of the shared batch */
+    assert_int_equal(th_query_ll(pg, "SELECT max(crashes) FROM outbox WHERE state = 1"), 1);
+    assert_int_equal(pool_stream_count(&c), 20);
+    assert_true(pool_alive(c.sup));
+    j = pool_outboxstat_json(&c);
+    assert_true(json_integer_value(json_object_get(json_object_get(j, "supervisor"), "crashes")) >=
+                3);
+    json_decref(j);
+    assert_true(pool_log_has(&c, "worker died while processing"));
+    PQfinish(pg);
+    pool_close(&c);
+#endif
+}
+
+/* ---- per-key ordering ---- */
+
+#define ORD_KEYS 10
+#define ORD_PER_KEY 40
+
+/* Records of one key reach the stream in creation order, with 3 workers,
+ * retries (a subject no stream captures yet) and a worker killed -9 in
+ * between; a failing record holds back only its own key: the keys that do
+ * not fail are delivered meanwhile. */
+static void
+test_per_key_order_across_workers_and_failures(void **state)
+{
+    char subjects[128], subj[128], body[64], key[64];
+    int last[ORD_KEYS], seen[ORD_KEYS][ORD_PER_KEY], k, j;
+    outbox_stats_snapshot_t *s = pool_snap_new();
+    int64_t pids[8];
+    uint64_t seq, total = ORD_KEYS * ORD_PER_KEY;
+    PGconn *pg;
+    pool_t c;
+    (void)state;
+
+    pool_open(&c, "order");
+    snprintf(subjects, sizeof(subjects), "%s.ok.>", c.prefix);
+    set_stream_subjects(&c, subjects);
+    pg = th_connect(c.db);
+    /* keys k0..k4 have a record at j = 3 on a subject no stream takes yet;
+     * k5..k9 never fail. Creation order: j-major, 5 records a commit. */
+    th_exec(pg, "BEGIN");
+    for (j = 0; j < ORD_PER_KEY; j++) {
+        for (k = 0; k < ORD_KEYS; k++)
+            th_exec(pg, "SELECT outbox_enqueue('%s.%s.x', 'k%d', '{}', 'k%d:%d')", c.prefix,
+                    k < 5 && j == 3 ? "late" : "ok", k, k, j);
+        if (j % 5 == 4) {
+            th_exec(pg, "COMMIT");
+            th_exec(pg, "BEGIN");
+        }
+    }
+    th_exec(pg, "COMMIT");
+    pool_write_conf(&c, 3,
+                    "per_key_order = on\nbatch_size = 20\nretry_initial = 100ms\n"
+                    "retry_max = 400ms\nmax_attempts = 0\n");
+    pool_start(&c);
+    pool_wait_ready(&c, 3, 20000);
+    /* the keys that never fail are all delivered while k0..k4 wait at j=3 */
+    wait_count(&c, pg, 5 * ORD_PER_KEY, 30000,
+               "SELECT count(*) FROM outbox WHERE state = 1 AND msg_key IN "
+               "('k5','k6','k7','k8','k9')");
+    assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 1 AND msg_key IN "
+                                     "('k0','k1','k2','k3','k4')"),
+                     5 * 3);
+    assert_true(th_query_ll(pg, "SELECT min(attempts) FROM outbox WHERE topic LIKE '%%.late.x'") >=
+                1);
+    /* a worker killed -9, then the stream takes the late subject */
+    assert_int_equal(pool_snap(&c, s), 0);
+    assert_true(pool_ready_relays(s, pids, 8) >= 1);
+    kill((pid_t)pids[0], SIGKILL);
+    snprintf(subjects, sizeof(subjects), "%s.>", c.prefix);
+    set_stream_subjects(&c, subjects);
+    pool_wait_drained(&c, pg, (long long)total, 60000);
+    pool_assert_exact(&c, pg, (long long)total);
+
+    /* stream order, per key: 0, 1, 2 ... ORD_PER_KEY-1, each once */
+    memset(seen, 0, sizeof(seen));
+    for (k = 0; k < ORD_KEYS; k++)
+        last[k] = -1;
+    for (seq = 1; seq <= total; seq++) {
+        int kk, jj;
+
+        stream_msg(&c, seq, subj, sizeof(subj), body, sizeof(body), OUTBOX_HDR_KEY, key,
+                   sizeof(key));
+        if (sscanf(body, "k%d:%d", &kk, &jj) != 2 || kk < 0 || kk >= ORD_KEYS || jj < 0 ||
+            jj >= ORD_PER_KEY)
+            fail_msg("stream message %llu has body '%s'", (unsigned long long)seq, body);
+        if (jj != last[kk] + 1)
+            fail_msg("key k%d: record %d arrived after %d (stream seq %llu)", kk, jj, last[kk],
+                     (unsigned long long)seq);
+        last[kk] = jj;
+        seen[kk][jj]++;
+    }
+    for (k = 0; k < ORD_KEYS; k++)
+        assert_int_equal(last[k], ORD_PER_KEY - 1);
+    PQfinish(pg);
+    pool_close(&c);
+    free(s);
+}
+
+/* ---- dead letters and `outboxd dead` ---- */
+
+/* Records made dead (attempts used up; too large for max_payload) are also
+ * published to dead_letter_subject with the reason; the operator lists,
+ * shows, requeues (fresh id, delivered) and purges them. */
+static void
+test_dead_letters_and_operator_commands(void **state)
+{
+    char subjects[160], subj[128], body[64], hval[600], extra[256], *out = NULL, pat[128],
+        idA[OUTBOX_ID_LEN + 1], hid[128];
+    PGconn *pg;
+    PGresult *r;
+    uint64_t seq, n;
+    int dead_copies = 0;
+    pool_t c;
+    (void)state;
+
+    pool_open(&c, "dead");
+    snprintf(subjects, sizeof(subjects), "%s.ok.>,%s.dead", c.prefix, c.prefix);
+    set_stream_subjects(&c, subjects);
+    pg = th_connect(c.db);
+    th_exec(pg, "SELECT outbox_enqueue('%s.nostream.a', 'ka', '{\"h\":\"v\"}', 'a')", c.prefix);
+    th_exec(pg, "SELECT outbox_enqueue('%s.ok.big', NULL, '{}', decode(repeat('ab', 1048576), "
+                "'hex'))",
+            c.prefix);
+    th_exec(pg, "SELECT outbox_enqueue('%s.ok.c', NULL, '{}', 'c')", c.prefix);
+    r = PQexec(pg, "SELECT id FROM outbox ORDER BY seq LIMIT 1");
+    snprintf(idA, sizeof(idA), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    snprintf(extra, sizeof(extra),
+             "dead_letter_subject = %s.dead\nmax_attempts = 2\nretry_initial = 50ms\n", c.prefix);
+    pool_write_conf(&c, 1, extra);
+    pool_start(&c);
+    wait_count(&c, pg, 2, 30000, "SELECT count(*) FROM outbox WHERE state = 2");
+    wait_count(&c, pg, 1, 30000, "SELECT count(*) FROM outbox WHERE state = 1");
+    /* c, and one dead-letter copy per dead record, in the stream */
+    n = pool_stream_count(&c);
+    assert_int_equal(n, 3);
+    for (seq = 1; seq <= n; seq++) {
+        stream_msg(&c, seq, subj, sizeof(subj), body, sizeof(body), OUTBOX_HDR_DEAD_REASON, hval,
+                   sizeof(hval));
+        if (strstr(subj, ".dead") == NULL)
+            continue;
+        dead_copies++;
+        stream_msg(&c, seq, subj, sizeof(subj), body, sizeof(body), OUTBOX_HDR_TOPIC, hid,
+                   sizeof(hid));
+        if (strstr(hid, ".nostream.a") != NULL) {
+            assert_string_equal(body, "a");
+            stream_msg(&c, seq, subj, sizeof(subj), body, sizeof(body), OUTBOX_HDR_DEAD_REASON,
+                       hval, sizeof(hval));
+            assert_non_null(strstr(hval, "max attempts (2) reached"));
+            stream_msg(&c, seq, subj, sizeof(subj), body, sizeof(body), OUTBOX_HDR_ID, hid,
+                       sizeof(hid));
+            assert_string_equal(hid, idA);
+        } else {
+            assert_non_null(strstr(hid, ".ok.big"));
+            assert_string_equal(body, ""); /* too large: sent without its body */
+            stream_msg(&c, seq, subj, sizeof(subj), body, sizeof(body), OUTBOX_HDR_BODY_OMITTED,
+                       hid, sizeof(hid));
+            assert_string_equal(hid, "1048576");
+            stream_msg(&c, seq, subj, sizeof(subj), body, sizeof(body), OUTBOX_HDR_DEAD_REASON,
+                       hval, sizeof(hval));
+            assert_non_null(strstr(hval, "max_payload"));
+        }
+    }
+    assert_int_equal(dead_copies, 2);
+
+    /* list, filters, show */
+    assert_int_equal(outboxd(&c, &out, "dead", "list", "--json", NULL, NULL), 0);
+    assert_non_null(strstr(out, "\"total\": 2"));
+    free(out);
+    snprintf(pat, sizeof(pat), "%s.nostream.*", c.prefix);
+    assert_int_equal(outboxd(&c, &out, "dead", "list", "--topic", pat, NULL), 0);
+    assert_non_null(strstr(out, idA));
+    assert_non_null(strstr(out, "1 dead record"));
+    free(out);
+    assert_int_equal(outboxd(&c, &out, "dead", "show", idA, NULL, NULL), 0);
+    assert_non_null(strstr(out, "max attempts (2) reached"));
+    free(out);
+    /* requeue and purge refuse to act on everything by accident */
+    assert_int_equal(outboxd(&c, &out, "dead", "requeue", NULL, NULL, NULL), 2);
+    assert_non_null(strstr(out, "--all"));
+    free(out);
+    assert_int_equal(outboxd(&c, NULL, "dead", "show", "not-an-id", NULL, NULL), 2);
+
+    /* the stream now takes the subject: requeue, delivered under a new id */
+    snprintf(subjects, sizeof(subjects), "%s.>", c.prefix);
+    set_stream_subjects(&c, subjects);
+    snprintf(pat, sizeof(pat), "%s.nostream.>", c.prefix);
+    assert_int_equal(outboxd(&c, &out, "dead", "requeue", "--topic", pat, NULL), 0);
+    assert_non_null(strstr(out, "1 dead record requeued"));
+    free(out);
+    wait_count(&c, pg, 2, 30000, "SELECT count(*) FROM outbox WHERE state = 1");
+    assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE id = '%s'", idA), 0);
+    assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 1 AND attempts "
+                                     "= 0 AND last_error LIKE 'requeued from dead (was %s)%%'",
+                                 idA),
+                     1);
+    assert_int_equal(pool_stream_count(&c), 4);
+    /* purge: the other dead one goes, nothing else */
+    assert_int_equal(outboxd(&c, &out, "dead", "purge", "--all", NULL, NULL), 0);
+    assert_non_null(strstr(out, "1 dead record purged"));
+    free(out);
+    assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox"), 2);
+    PQfinish(pg);
+    pool_close(&c);
+}
+
+/* ---- retry backoff ---- */
+
+/* A failing record is retried after retry_initial x multiplier^(n-1),
+ * capped at retry_max (jitter 0 here), on the database clock; meanwhile
+ * fresh records keep flowing. */
+static void
+test_retry_backoff_schedule(void **state)
+{
+    const long long want[] = {0, 200, 400, 800, 800};
+    long long delay[5] = {0}, a;
+    char subjects[128];
+    int64_t deadline;
+    PGconn *pg;
+    pool_t c;
+    int i;
+    (void)state;
+
+    pool_open(&c, "retry");
+    snprintf(subjects, sizeof(subjects), "%s.ok.>", c.prefix);
+    set_stream_subjects(&c, subjects);
+    pg = th_connect(c.db);
+    th_exec(pg, "SELECT outbox_enqueue('%s.fail.x', NULL, '{}', 'f')", c.prefix);
+    pool_write_conf(&c, 1,
+                    "retry_initial = 200ms\nretry_multiplier = 2\nretry_max = 800ms\n"
+                    "retry_jitter = 0\nmax_attempts = 0\n");
+    pool_start(&c);
+    deadline = th_now_ms() + 30000;
+    for (i = 0; th_now_ms() < deadline; i++) {
+        a = th_query_ll(pg, "SELECT attempts FROM outbox WHERE topic LIKE '%%.fail.x'");
+        if (a >= 1 && a <= 4 && delay[a] == 0)
+            delay[a] = th_query_ll(pg, "SELECT round(extract(epoch FROM next_attempt_at - "
+                                       "last_attempt_on) * 1000)::bigint FROM outbox WHERE "
+                                       "topic LIKE '%%.fail.x' AND attempts = %lld",
+                                   a);
+        /* fresh work meanwhile */
+        if (i % 10 == 0)
+            th_exec(pg, "SELECT outbox_enqueue('%s.ok.x', NULL, '{}', 'ok')", c.prefix);
+        if (delay[4] != 0)
+            break;
+        th_sleep_ms(10);
+    }
+    for (i = 1; i <= 4; i++)
+        if (delay[i] != want[i])
+            fail_msg("retry %d scheduled %lld ms after the attempt, expected %lld", i, delay[i],
+                     want[i]);
+    /* every fresh record was delivered while the failing one kept retrying */
+    wait_count(&c, pg, 0, 10000,
+               "SELECT count(*) FROM outbox WHERE state = 0 AND topic NOT LIKE '%.fail.x'");
+    assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 0"), 1);
+    PQfinish(pg);
+    pool_close(&c);
+}
+
+/* ---- outages ---- */
+
+/* n committed records on a connection of their own, 10 a transaction. */
+static void
+produce(const pool_t *c, int from, int n)
+{
+    PGconn *pg = th_connect(c->db);
+    int i;
+
+    for (i = from; i < from + n; i += 10)
+        th_exec(pg,
+                "SELECT outbox_enqueue('%s.orders', 'k' || (g %% 17), '{}', convert_to('o' || "
+                "g, 'UTF8')) FROM generate_series(%d, %d) g",
+                c->prefix, i, (i + 10 < from + n ? i + 10 : from + n) - 1);
+    PQfinish(pg);
+}
+
+/* Both servers go away in every way while records flow: PostgreSQL
+ * restarted, the relay's sessions killed, nats-server restarted and frozen
+ * (SIGSTOP) past publish_timeout. The relay rides it out without a worker
+ * crash, and every committed record ends in the stream exactly once. */
+static void
+test_outages_end_exactly_once(void **state)
+{
+    th_servers_t srv;
+    PGconn *pg;
+    json_t *j;
+    pool_t c;
+    (void)state;
+
+    th_servers_start(&srv);
+    pool_env = &srv.env;
+    pool_open(&c, "outage");
+    pool_write_conf(&c, 2,
+                    "batch_size = 50\npublish_timeout = 1s\nconnect_timeout = 1s\n"
+                    "statement_timeout = 5s\nmax_lock_time = 10s\nretry_initial = 100ms\n"
+                    "retry_max = 1s\n");
+    pool_start(&c);
+    pool_wait_ready(&c, 2, 20000);
+    pg = th_connect(c.db);
+
+    /* PostgreSQL restarted mid-stream */
+    produce(&c, 0, 300);
+    PQfinish(pg);
+    th_pg_stop(&srv);
+    th_sleep_ms(1500);
+    th_pg_start(&srv);
+    produce(&c, 300, 300);
+    pg = th_connect(c.db);
+    pool_wait_drained(&c, pg, 600, 60000);
+
+    /* the relay's sessions killed by the server */
+    produce(&c, 600, 200);
+    th_query_ll(pg, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                    "application_name LIKE 'outboxd%%'");
+    produce(&c, 800, 200);
+    pool_wait_drained(&c, pg, 1000, 60000);
+
+    /* nats-server restarted */
+    produce(&c, 1000, 200);
+    th_nats_stop(&srv);
+    produce(&c, 1200, 200);
+    th_sleep_ms(1000);
+    th_nats_start(&srv);
+    pool_wait_drained(&c, pg, 1400, 60000);
+
+    /* nats-server frozen longer than publish_timeout, then thawed */
+    th_nats_pause(&srv, 1);
+    produce(&c, 1400, 300);
+    th_sleep_ms(2500);
+    th_nats_pause(&srv, 0);
+    pool_wait_drained(&c, pg, 1700, 60000);
+
+    pool_assert_exact(&c, pg, 1700);
+    assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 2"), 0);
+    j = pool_outboxstat_json(&c);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "supervisor"), "crashes")),
+                     0);
+    assert_true(pool_json_total(j, "reconnects") >= 2);
+    json_decref(j);
+    assert_true(pool_alive(c.sup));
+    PQfinish(pg);
+    pool_close(&c);
+    th_servers_stop(&srv);
+    pool_env = &env;
+}
+
+/* ---- duplicate window ---- */
+
+/* A stream whose duplicate window is shorter than the relay's longest
+ * re-publish span draws one warning naming the stream and the fix. */
+static void
+test_short_duplicate_window_warned(void **state)
+{
+    outbox_nats_options_t no = {
+        .url = pool_env->nats_url, .publish_timeout_ms = 5000, .connect_timeout_ms = 2000};
+    char subjects[128], err[512], line[512];
+    PGconn *pg;
+    pool_t c;
+    (void)state;
+
+    pool_open(&c, "dupwin");
+    snprintf(subjects, sizeof(subjects), "%s.>", c.prefix);
+    assert_int_equal(outbox_nats_stream_update(&no, c.stream, subjects, 5000, err, sizeof(err)),
+                     OUTBOX_OK);
+    pg = th_connect(c.db);
+    th_exec(pg, "SELECT outbox_enqueue('%s.x', NULL, '{}', 'x')", c.prefix);
+    pool_write_conf(&c, 1, "");
+    pool_start(&c);
+    pool_wait_drained(&c, pg, 1, 20000);
+    snprintf(line, sizeof(line), "stream %s: its duplicate window (5000 ms) is shorter", c.stream);
+    assert_true(pool_log_has(&c, line));
+    assert_true(pool_log_has(&c, "--duplicate-window"));
+    PQfinish(pg);
+    pool_close(&c);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_poison_record_is_parked_innocents_delivered),
+        cmocka_unit_test(test_per_key_order_across_workers_and_failures),
+        cmocka_unit_test(test_dead_letters_and_operator_commands),
+        cmocka_unit_test(test_retry_backoff_schedule),
+        cmocka_unit_test(test_short_duplicate_window_warned),
+        cmocka_unit_test(test_outages_end_exactly_once),
+    };
+
+    th_env_load(&env);
+    pool_env = &env;
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
