@@ -541,23 +541,50 @@ test_core_mode(void **state)
 static void
 test_bad_config_exits_2_before_connecting(void **state)
 {
-    char bin[512];
-    char *argv1[] = {bin, "run", "--db", "host=127.0.0.1 port=1", "--batch-size", "0", NULL};
-    char *argv2[] = {bin, "run", "--db", "host=127.0.0.1 port=1", "--retention", "10s", NULL};
-    char *argv3[] = {bin, "bogus", NULL};
-    char *const *cases[] = {argv1, argv2, argv3};
+    static const char *const cases[][3] = {
+        {"--batch-size", "0", "batch_size"},
+        {"--batch-size", "10001", "batch_size"},
+        {"--retention", "10s", "retention"},
+        {"--process-interval", "0", "process_interval"},
+        {"--lock-check-interval", "-1s", "lock_check_interval"},
+        {"--max-lock-time", "5s", "max_lock_time"}, /* < 2 x publish_timeout */
+        {"--crash-limit", "1", "crash_limit"},
+        {"--dead-letter-subject", "dead letters", "dead_letter_subject"},
+        {"--per-key-order", "maybe", "per_key_order"},
+        {"--linger", "-5ms", "linger"},
+    };
+    char bin[512], log[256], line[1024];
+    char *bogus[] = {bin, "bogus", NULL};
     size_t i;
     int st;
     (void)state;
 
     th_bin(bin, sizeof(bin), "outboxd");
-    for (i = 0; i < 3; i++) {
-        pid_t p = th_spawn((char **)cases[i], NULL);
+    snprintf(log, sizeof(log), "/tmp/outbox-badcfg-%d.log", (int)getpid());
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *argv[] = {bin,           "run", "--db", "host=127.0.0.1 port=1",
+                        (char *)cases[i][0], (char *)cases[i][1], NULL};
+        FILE *f;
+        int named = 0;
+        pid_t p;
 
+        unlink(log);
+        p = th_spawn(argv, log);
         assert_int_equal(th_wait(p, 5000, &st), 1);
         assert_true(WIFEXITED(st));
-        assert_int_equal(WEXITSTATUS(st), 2);
+        if (WEXITSTATUS(st) != 2)
+            fail_msg("%s %s: exit %d, expected 2", cases[i][0], cases[i][1], WEXITSTATUS(st));
+        f = fopen(log, "r");
+        assert_non_null(f);
+        while (fgets(line, sizeof(line), f) != NULL)
+            named |= strstr(line, cases[i][2]) != NULL;
+        fclose(f);
+        if (!named)
+            fail_msg("%s %s: the error does not name %s", cases[i][0], cases[i][1], cases[i][2]);
     }
+    unlink(log);
+    assert_int_equal(th_wait(th_spawn(bogus, NULL), 5000, &st), 1);
+    assert_int_equal(WEXITSTATUS(st), 2);
 }
 
 static void
