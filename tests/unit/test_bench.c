@@ -1,0 +1,177 @@
+/*
+ * outboxbench's pure parts: nearest-rank percentiles, percent differences,
+ * list parsing and the option table (defaults per command, options refused
+ * where they do not apply, --relay-arg splitting).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "options.h"
+#include "latstats.h"
+#include "util.h"
+
+static void
+test_percentiles_nearest_rank(void **state)
+{
+    int64_t v[100];
+    lat_summary_t s;
+    int i;
+
+    (void)state;
+    for (i = 0; i < 100; i++)
+        v[i] = 100 - i; /* reversed: summarize must sort */
+    stats_summarize(v, 100, &s);
+    assert_int_equal(s.n, 100);
+    assert_int_equal(s.min, 1);
+    assert_int_equal(s.p50, 50);
+    assert_int_equal(s.p90, 90);
+    assert_int_equal(s.p99, 99);
+    assert_int_equal(s.p999, 100);
+    assert_int_equal(s.max, 100);
+    assert_true(s.mean > 50.49 && s.mean < 50.51);
+}
+
+static void
+test_percentiles_small_samples(void **state)
+{
+    int64_t one[1] = {7}, two[2] = {9, 3};
+    lat_summary_t s;
+
+    (void)state;
+    stats_summarize(one, 1, &s);
+    assert_int_equal(s.p50, 7);
+    assert_int_equal(s.p999, 7);
+    stats_summarize(two, 2, &s);
+    assert_int_equal(s.p50, 3); /* rank ceil(0.5 * 2) = 1: the lower value */
+    assert_int_equal(s.p90, 9);
+    stats_summarize(NULL, 0, &s);
+    assert_int_equal(s.n, 0);
+    assert_int_equal(s.max, 0);
+}
+
+static void
+test_diff_pct(void **state)
+{
+    (void)state;
+    assert_true(stats_diff_pct(110, 100) > 9.99 && stats_diff_pct(110, 100) < 10.01);
+    assert_true(stats_diff_pct(50, 100) < -49.99 && stats_diff_pct(50, 100) > -50.01);
+    assert_true(stats_diff_pct(5, 0) == 0);
+}
+
+static void
+test_parse_list(void **state)
+{
+    long out[4];
+
+    (void)state;
+    assert_int_equal(bench_parse_list("1,8,32", "--x", 1, 100, out, 4), 3);
+    assert_int_equal(out[0], 1);
+    assert_int_equal(out[2], 32);
+    assert_int_equal(bench_parse_list("5", "--x", 1, 100, out, 4), 1);
+    assert_int_equal(bench_parse_list("", "--x", 1, 100, out, 4), -1);
+    assert_int_equal(bench_parse_list("1,,2", "--x", 1, 100, out, 4), -1);
+    assert_int_equal(bench_parse_list("1,", "--x", 1, 100, out, 4), -1);
+    assert_int_equal(bench_parse_list("1,a", "--x", 1, 100, out, 4), -1);
+    assert_int_equal(bench_parse_list("0", "--x", 1, 100, out, 4), -1);
+    assert_int_equal(bench_parse_list("101", "--x", 1, 100, out, 4), -1);
+    assert_int_equal(bench_parse_list("1,2,3,4,5", "--x", 1, 100, out, 4), -1);
+}
+
+/* Parse a NULL-terminated list of arguments (copied: parsing writes). */
+static int
+parse(bench_opts_t *o, ...)
+{
+    static char buf[16][64];
+    char *argv[17];
+    const char *a;
+    va_list ap;
+    int argc = 0;
+
+    argv[argc++] = strcpy(buf[0], "outboxbench");
+    va_start(ap, o);
+    while ((a = va_arg(ap, const char *)) != NULL && argc < 16) {
+        snprintf(buf[argc], sizeof(buf[argc]), "%s", a);
+        argv[argc] = buf[argc];
+        argc++;
+    }
+    va_end(ap);
+    argv[argc] = NULL;
+    return bench_options_parse(argc, argv, o);
+}
+
+static void
+test_options_defaults_per_command(void **state)
+{
+    bench_opts_t o;
+
+    (void)state;
+    assert_int_equal(parse(&o, "--db", "d", "--nats", "n", "producer", NULL), 0);
+    assert_int_equal(o.cmd, BENCH_PRODUCER);
+    assert_int_equal(o.nconnections, 3);
+    assert_int_equal(o.connections[2], 32);
+    assert_true(o.seconds == 5);
+    assert_int_equal(parse(&o, "steady", "--db", "d", "--nats", "n", NULL), 0);
+    assert_int_equal(o.cmd, BENCH_STEADY);
+    assert_int_equal(o.connections[0], 4);
+    assert_true(o.seconds == 10);
+    assert_int_equal(parse(&o, "--db", "d", "--nats", "n", "drain", NULL), 0);
+    assert_int_equal(o.nworkers, 3);
+    assert_int_equal(o.workers[2], 4);
+    assert_int_equal(parse(&o, "--start-servers", "--smoke", NULL), 0);
+    assert_int_equal(o.cmd, BENCH_SMOKE);
+}
+
+static void
+test_options_refused_where_they_do_not_apply(void **state)
+{
+    bench_opts_t o;
+
+    (void)state;
+    assert_int_equal(parse(&o, "--start-servers", "producer", "--rate", "5", NULL), -1);
+    assert_int_equal(parse(&o, "--start-servers", "raw", "--seconds", "3", NULL), -1);
+    assert_int_equal(parse(&o, "--start-servers", "--smoke", "drain", NULL), -1);
+    assert_int_equal(parse(&o, "--start-servers", "steady", "--connections", "1,2", NULL), -1);
+    assert_int_equal(parse(&o, "--start-servers", "steady", "--api", "both", NULL), -1);
+    assert_int_equal(parse(&o, "--start-servers", "bogus", NULL), -1);
+    assert_int_equal(parse(&o, "--start-servers", NULL), -1);
+    assert_int_equal(parse(&o, "--start-servers", "drain", "--nats-mode", "x", NULL), -1);
+    unsetenv("OUTBOX_DB");
+    assert_int_equal(parse(&o, "--nats", "n", "raw", NULL), -1);
+}
+
+static void
+test_options_relay_args_split(void **state)
+{
+    bench_opts_t o;
+
+    (void)state;
+    assert_int_equal(parse(&o, "--start-servers", "drain", "--relay-arg",
+                           "--process-interval  10ms", "--relay-arg", "--log-level=debug", NULL),
+                     0);
+    assert_int_equal(o.nrelay_args, 3);
+    assert_string_equal(o.relay_args[0], "--process-interval");
+    assert_string_equal(o.relay_args[1], "10ms");
+    assert_string_equal(o.relay_args[2], "--log-level=debug");
+    assert_int_equal(parse(&o, "--start-servers", "drain", "--relay-arg", "workers 2", NULL), -1);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_percentiles_nearest_rank),
+        cmocka_unit_test(test_percentiles_small_samples),
+        cmocka_unit_test(test_diff_pct),
+        cmocka_unit_test(test_parse_list),
+        cmocka_unit_test(test_options_defaults_per_command),
+        cmocka_unit_test(test_options_refused_where_they_do_not_apply),
+        cmocka_unit_test(test_options_relay_args_split),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,51 @@
+/* Percentiles by sorting: samples are at most a few million values. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "latstats.h"
+
+static int
+cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+    return (x > y) - (x < y);
+}
+
+int64_t
+stats_percentile(const int64_t *sorted, size_t n, double p)
+{
+    double rank = ceil(p / 100.0 * (double)n);
+    size_t i = rank < 1 ? 0 : (size_t)rank - 1;
+
+    return sorted[i < n ? i : n - 1];
+}
+
+void
+stats_summarize(int64_t *v, size_t n, lat_summary_t *out)
+{
+    double sum = 0;
+    size_t i;
+
+    memset(out, 0, sizeof(*out));
+    out->n = n;
+    if (n == 0)
+        return;
+    qsort(v, n, sizeof(*v), cmp_i64);
+    for (i = 0; i < n; i++)
+        sum += (double)v[i];
+    out->mean = sum / (double)n;
+    out->min = v[0];
+    out->max = v[n - 1];
+    out->p50 = stats_percentile(v, n, 50);
+    out->p90 = stats_percentile(v, n, 90);
+    out->p99 = stats_percentile(v, n, 99);
+    out->p999 = stats_percentile(v, n, 99.9);
+}
+
+double
+stats_diff_pct(double x, double base)
+{
+    return base == 0 ? 0 : (x - base) / base * 100.0;
+}
