@@ -128,19 +128,24 @@ static const char migration1[] =
     "END $fn$;\n";
 
 /*
- * Version 2: delivery semantics.
+ * Version 2: delivery semantics and the producer path.
  * - crashes: how often a worker died holding the row (counted by the
  *   keeper); a row with crashes > 0 is a suspect, claimed alone, and parked
  *   as dead at the crash limit.
  * - <table>_key_pending: the per-key ordering claim checks that it holds a
  *   whole prefix of each key's pending rows; partial, so it costs only
  *   keyed pending rows and the claim's UPDATE stays HOT.
- *
- * Wake-up: a relay worker with nothing to do inserts a row into
- * <table>_listeners (unlogged: no WAL) and LISTENs; an INSERT statement into
- * the outbox notifies only while such a row exists. NOTIFY takes a
- * cluster-wide lock held through commit, so a busy relay (no row) costs
- * the producers one probe of a tiny table per statement, nothing more.
+ * - <table>_guard(), a BEFORE INSERT OR UPDATE OF topic, msg_key, headers
+ *   row trigger, replaces version 1's CHECK constraint: a CHECK runs on
+ *   every UPDATE, so each claim and mark paid for validating the message
+ *   again; the trigger validates only what changes (same rule, SQLSTATE
+ *   23514, "outbox: <why>"), and <table>_enqueue() no longer validates a
+ *   second time.
+ * - Wake-up: <table>_idle is a sequence used as a flag, the number of idle
+ *   relay workers registered in <table>_listeners (unlogged; they LISTEN).
+ *   The guard notifies only while it is above zero: reading it is one
+ *   function call, and NOTIFY (a cluster-wide lock held through commit)
+ *   happens only when a relay is idle, never while it is busy.
  * @channel@ is derived from schema and table (outbox_pg_channel()).
  */
 static const char migration2[] =
@@ -152,16 +157,41 @@ static const char migration2[] =
     "  backend_pid integer NOT NULL DEFAULT pg_backend_pid(),\n"
     "  since timestamptz NOT NULL DEFAULT now()\n"
     ");\n"
-    "CREATE FUNCTION @q:_wake@() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER\n"
+    "CREATE SEQUENCE @q:_idle@ MINVALUE 0 START 0 NO CYCLE;\n"
+    "CREATE FUNCTION @q:_guard@() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER\n"
     "SET search_path = pg_catalog, pg_temp AS $fn$\n"
+    "DECLARE\n"
+    "  problem text;\n"
     "BEGIN\n"
-    "  IF EXISTS (SELECT 1 FROM @q:_listeners@) THEN\n"
+    "  IF TG_OP = 'INSERT' OR NEW.topic IS DISTINCT FROM OLD.topic\n"
+    "     OR NEW.msg_key IS DISTINCT FROM OLD.msg_key OR NEW.headers IS DISTINCT FROM OLD.headers\n"
+    "  THEN\n"
+    "    problem := @q:_invalid@(NEW.topic, NEW.msg_key, NEW.headers);\n"
+    "    IF problem IS NOT NULL THEN\n"
+    "      RAISE EXCEPTION 'outbox: %', problem USING ERRCODE = 'check_violation';\n"
+    "    END IF;\n"
+    "  END IF;\n"
+    "  IF TG_OP = 'INSERT' AND pg_sequence_last_value('@q:_idle@') > 0 THEN\n"
     "    PERFORM pg_notify('@channel@', '');\n"
     "  END IF;\n"
-    "  RETURN NULL;\n"
+    "  RETURN NEW;\n"
     "END $fn$;\n"
-    "CREATE TRIGGER @n:_wake@ AFTER INSERT ON @table@\n"
-    "  FOR EACH STATEMENT EXECUTE FUNCTION @q:_wake@();\n";
+    "CREATE TRIGGER @n:_guard@ BEFORE INSERT OR UPDATE OF topic, msg_key, headers ON @table@\n"
+    "  FOR EACH ROW EXECUTE FUNCTION @q:_guard@();\n"
+    "ALTER TABLE @table@ DROP CONSTRAINT @n:_valid@;\n"
+    "CREATE OR REPLACE FUNCTION @q:_enqueue@(topic text, key text, headers jsonb, body bytea)\n"
+    "RETURNS uuid LANGUAGE plpgsql VOLATILE\n"
+    "SET search_path = pg_catalog, pg_temp AS $fn$\n"
+    "DECLARE\n"
+    "  new_id uuid := gen_random_uuid();\n"
+    "BEGIN\n"
+    "  IF $4 IS NULL THEN\n"
+    "    RAISE EXCEPTION 'outbox: body is NULL' USING ERRCODE = 'null_value_not_allowed';\n"
+    "  END IF;\n"
+    "  INSERT INTO @table@ (id, topic, msg_key, headers, body)\n"
+    "  VALUES (new_id, $1, NULLIF($2, ''), coalesce($3, '{}'), $4);\n"
+    "  RETURN new_id;\n"
+    "END $fn$;\n";
 
 static const struct {
     int version;
@@ -169,7 +199,8 @@ static const struct {
     const char *sql;
 } migrations[] = {
     {1, "outbox table, indexes, validation and enqueue functions", migration1},
-    {2, "crash counts, per-key pending index, wake-up listeners and trigger", migration2},
+    {2, "crash counts, per-key pending index, validation trigger, wake-up flag and listeners",
+     migration2},
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -59,6 +59,7 @@ enum {
     S_STALE,
     S_UNLOCK,
     S_CRASHED,
+    S_FLAG,
     S_PURGE,
     S_COUNT
 };
@@ -183,6 +184,9 @@ static const struct {
                    " 'worker died while processing (' || (crashes + 1) || ' times)'"
                    " ELSE last_error END"
                    " WHERE state = 0 AND locked_by = $1 RETURNING state"},
+    /* The wake-up flag = the number of registered idle listeners, after
+     * the registrations of dead workers were removed. */
+    [S_FLAG] = {"outbox_flag", 0, {0}, "SELECT setval('@I@', (SELECT count(*) FROM @L@))"},
     /* A NULL retention keeps that kind: the comparison is never true. The
      * ids come from an InitPlan evaluated once, so at most $3 rows go. */
     [S_PURGE] = {"outbox_purge",
@@ -215,24 +219,24 @@ fail(pg_store_t *s, int rc, const char *fmt, const char *arg)
     return rc;
 }
 
-/* tmpl with every occurrence of key (3 bytes, "@X@") replaced by val; NULL
- * on NOMEM; caller frees. */
+/* tmpl with every occurrence of key replaced by val; NULL on NOMEM; caller
+ * frees. */
 static char *
 subst_key(const char *tmpl, const char *key, const char *val)
 {
-    size_t n = 0, len;
+    size_t n = 0, len, klen = strlen(key);
     const char *p;
     char *out, *o;
 
-    for (p = tmpl; (p = strstr(p, key)) != NULL; p += 3)
+    for (p = tmpl; (p = strstr(p, key)) != NULL; p += klen)
         n++;
     len = strlen(tmpl) + n * strlen(val) + 1;
     if ((out = malloc(len)) == NULL)
         return NULL;
     for (o = out, p = tmpl; *p != '\0';) {
-        if (strncmp(p, key, 3) == 0) {
+        if (strncmp(p, key, klen) == 0) {
             o = stpcpy(o, val);
-            p += 3;
+            p += klen;
         } else {
             *o++ = *p++;
         }
@@ -241,17 +245,23 @@ subst_key(const char *tmpl, const char *key, const char *val)
     return out;
 }
 
-/* tmpl with @T@ = the quoted table and @L@ = its listeners table. */
+/* tmpl with @T@ = the quoted table, @L@ = its listeners table and @I@ =
+ * its idle flag (a quoted name, used inside a string literal: quotes of
+ * the name doubled). */
 static char *
-subst(const char *tmpl, const char *qt, const char *ql)
+subst(const char *tmpl, const char *qt, const char *ql, const char *qi)
 {
-    char *a = subst_key(tmpl, "@T@", qt), *b;
+    char *a = subst_key(tmpl, "@T@", qt), *b, *c;
 
     if (a == NULL || ql == NULL)
         return a;
     b = subst_key(a, "@L@", ql);
     free(a);
-    return b;
+    if (b == NULL || qi == NULL)
+        return b;
+    c = subst_key(b, "@I@", qi);
+    free(b);
+    return c;
 }
 
 /* Drop a connection that failed; the next call reconnects. */
@@ -296,7 +306,7 @@ open_conn(pg_store_t *s)
         }
         PQclear(res);
     }
-    if ((sql = subst("SELECT max(version) FROM @T@", s->names.qmigrations, NULL)) == NULL) {
+    if ((sql = subst("SELECT max(version) FROM @T@", s->names.qmigrations, NULL, NULL)) == NULL) {
         rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
         goto done;
     }
@@ -687,6 +697,18 @@ count_exec(pg_store_t *s, int st, const char *const *values, int64_t *count)
     return rc;
 }
 
+/* After registrations of idle listeners were removed: the wake-up flag
+ * follows (a live listener re-asserts it anyway within a poll period). */
+static int
+reconcile_flag(pg_store_t *s, int rc)
+{
+    PGresult *res = NULL;
+
+    if (rc == OUTBOX_OK && exec(s, S_FLAG, NULL, NULL, &res) == OUTBOX_OK)
+        PQclear(res);
+    return rc;
+}
+
 static int
 pg_clear_stale_locks(outbox_store_t *base, int64_t max_lock_ms, int64_t *released)
 {
@@ -694,7 +716,8 @@ pg_clear_stale_locks(outbox_store_t *base, int64_t max_lock_ms, int64_t *release
     const char *values[1] = {ms};
 
     snprintf(ms, sizeof(ms), "%lld", (long long)clamp_ms(max_lock_ms));
-    return count_exec((pg_store_t *)base, S_STALE, values, released);
+    return reconcile_flag((pg_store_t *)base,
+                          count_exec((pg_store_t *)base, S_STALE, values, released));
 }
 
 static int
@@ -704,7 +727,8 @@ pg_clear_locks_by_lock_id(outbox_store_t *base, const char *lock_id, int64_t *re
 
     if (lock_id == NULL)
         return fail((pg_store_t *)base, OUTBOX_ERR_INVALID, "%s", "clear_locks: NULL lock id");
-    return count_exec((pg_store_t *)base, S_UNLOCK, values, released);
+    return reconcile_flag((pg_store_t *)base,
+                          count_exec((pg_store_t *)base, S_UNLOCK, values, released));
 }
 
 static int
@@ -727,6 +751,7 @@ pg_release_crashed(outbox_store_t *base, const char *lock_id, int crash_limit, i
     for (i = 0; i < rows; i++)
         dead += (int16_t)be(PQgetvalue(res, i, 0), 2) == OUTBOX_STATE_MAX_ATTEMPTS_REACHED;
     PQclear(res);
+    reconcile_flag(s, OUTBOX_OK);
     if (released != NULL)
         *released = rows;
     if (parked != NULL)
@@ -789,6 +814,7 @@ outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt, cha
                        size_t errlen)
 {
     pg_store_t *s;
+    char *qidle = NULL, *qidle_lit = NULL;
     int rc, i;
 
     if (opt == NULL) {
@@ -807,18 +833,23 @@ outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt, cha
         goto done;
     if ((opt->conninfo != NULL && (s->conninfo = strdup(opt->conninfo)) == NULL) ||
         (s->qlisteners = outbox_pg_qualify(s->names.schema, s->names.table, "_listeners")) ==
-            NULL) {
+            NULL ||
+        (qidle = outbox_pg_qualify(s->names.schema, s->names.table, "_idle")) == NULL ||
+        (qidle_lit = subst_key(qidle, "'", "''")) == NULL) {
         rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
         goto done;
     }
+    free(qidle);
+    qidle = qidle_lit;
     for (i = 0; i < S_COUNT; i++) {
-        if ((s->sql[i] = subst(stmts[i].sql, s->names.qtable, s->qlisteners)) == NULL) {
+        if ((s->sql[i] = subst(stmts[i].sql, s->names.qtable, s->qlisteners, qidle)) == NULL) {
             rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
             goto done;
         }
     }
     rc = open_conn(s);
 done:
+    free(qidle);
     if (rc != OUTBOX_OK) {
         snprintf(err, errlen, "%s", s->base.err);
         pg_destroy(&s->base);

@@ -36,7 +36,7 @@ typedef struct worker {
     outbox_broker_t *broker;
     outbox_dispatcher_t *d;
     outbox_pg_waker_t *waker; /* NULL: none (poll mode, or down: retried) */
-    int64_t waker_retry_at, waker_backoff_ms;
+    int64_t waker_retry_at, waker_backoff_ms, waker_armed_at;
     outbox_stats_slot_t *slot;
     int64_t backoff_ms;
     int64_t claim_started_ms;
@@ -313,12 +313,20 @@ waker_update(worker_t *w)
     if (w->waker == NULL || w->d == NULL)
         return false;
     if (outbox_dispatcher_idle(w->d)) {
-        if (outbox_pg_waker_armed(w->waker))
+        bool was = outbox_pg_waker_armed(w->waker);
+        int64_t t = now_ms();
+
+        /* armed: re-assert the flag once a poll period (a dead worker's
+         * registration removed meanwhile must not leave it wrong) */
+        if (was && t - w->waker_armed_at < w->cfg.process_interval_ms)
             return false;
         if (outbox_pg_waker_arm(w->waker, err, sizeof(err)) != OUTBOX_OK) {
             waker_drop(w, err);
             return false;
         }
+        w->waker_armed_at = t;
+        if (was)
+            return false;
         outbox_dispatcher_wake(w->d);
         return true;
     }

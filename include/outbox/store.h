@@ -117,11 +117,13 @@ int outbox_pg_migration_sql(const char *schema, const char *table, int version, 
 
 /*
  * Wake-up listener (PostgreSQL): a dedicated connection that LISTENs on the
- * table's channel. arm() registers lock_id as an idle listener, so that
- * producers' inserts notify; disarm() withdraws it, so a busy relay costs
- * producers no NOTIFY. fd() is the socket to poll (-1 when disconnected);
- * when it is readable, consume() says whether a notification came. Any
- * failure (OUTBOX_ERR_UNREACHABLE...) means: destroy and create anew later.
+ * table's channel. arm() registers lock_id as an idle listener and raises
+ * the table's idle flag, so that producers' inserts notify (calling it again
+ * while armed re-asserts the flag); disarm() withdraws it, so a busy relay
+ * costs producers no NOTIFY. fd() is the socket to poll (-1 when
+ * disconnected); when it is readable, consume() says whether a notification
+ * came. Any failure (OUTBOX_ERR_UNREACHABLE...) means: destroy and create
+ * anew later.
  */
 typedef struct outbox_pg_waker outbox_pg_waker_t;
 int outbox_pg_waker_create(outbox_pg_waker_t **out, const outbox_pg_options_t *opt,

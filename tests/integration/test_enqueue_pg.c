@@ -234,7 +234,7 @@ test_invalid_rejected_by_both(void **state)
         if (PQresultStatus(r) != PGRES_FATAL_ERROR)
             fail_msg("case %zu (C said \"%s\"): accepted by the SQL function", i, err);
         st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-        if (strcmp(st, c->null_body ? "22004" : "22023") != 0 ||
+        if (strcmp(st, c->null_body ? "22004" : "23514") != 0 ||
             strncmp(PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY), "outbox: ", 8) != 0)
             fail_msg("case %zu: SQL error %s %s", i, st,
                      PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY));
@@ -255,7 +255,7 @@ test_invalid_rejected_by_both(void **state)
                          NULL, 0);
         if (PQresultStatus(r) != PGRES_FATAL_ERROR)
             fail_msg("headers %s accepted", bad_json[i]);
-        assert_string_equal(PQresultErrorField(r, PG_DIAG_SQLSTATE), "22023");
+        assert_string_equal(PQresultErrorField(r, PG_DIAG_SQLSTATE), "23514");
         PQclear(r);
     }
     assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox"), 0);

@@ -534,7 +534,7 @@ test_wakeup_delivers_without_polling(void **state)
     (void)state;
 
     pool_open(&c, "sup_wake");
-    pool_write_conf(&c, 2, "process_interval = 1h\nlinger = 0\n");
+    pool_write_conf(&c, 2, "process_interval = 1h\nlinger = 0\nlock_check_interval = 2s\n");
     pool_start(&c);
     pool_wait_ready(&c, 2, 20000);
     pg = th_connect(c.db);
@@ -572,8 +572,16 @@ test_wakeup_delivers_without_polling(void **state)
            th_now_ms() < deadline)
         th_sleep_ms(20);
     if (th_query_ll(pg, "SELECT count(*) FROM outbox_listeners l WHERE NOT EXISTS (SELECT 1 "
-                        "FROM pg_stat_activity a WHERE a.pid = l.backend_pid)") != 0)
+                        "FROM pg_stat_activity a WHERE a.pid = l.backend_pid)") != 0) {
+        PGresult *r = PQexec(pg, "SELECT lock_id || ' pid ' || backend_pid || ' since ' || since "
+                                 "FROM outbox_listeners");
+        int i;
+
         pool_dump_log(&c);
+        for (i = 0; i < PQntuples(r); i++)
+            fprintf(stderr, "listener: %s\n", PQgetvalue(r, i, 0));
+        PQclear(r);
+    }
     assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox_listeners l WHERE NOT EXISTS "
                                      "(SELECT 1 FROM pg_stat_activity a WHERE a.pid = "
                                      "l.backend_pid)"),

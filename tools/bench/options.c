@@ -94,7 +94,7 @@ static const int applies[O_END - O_DB] = {
     [O_JITTER - O_DB] = BENCH_STEADY,
     [O_GRACE - O_DB] = BENCH_STEADY,
     [O_WORKERS - O_DB] = RELAY,
-    [O_RELAY_ARG - O_DB] = RELAY,
+    [O_RELAY_ARG - O_DB] = RELAY | BENCH_PRODUCER,
     [O_NATS_MODE - O_DB] = RELAY,
     [O_BATCH_SIZE - O_DB] = RELAY | BENCH_RAW,
     [O_MESSAGES - O_DB] = BENCH_DRAIN | BENCH_RAW,
@@ -148,7 +148,7 @@ bench_usage(FILE *out)
         "raw        ceiling without relay logic: SQL claim+mark, NATS publish, both\n"
         "  --messages M (default 100000)  --batch-size N (default 500)  --body-size S --headers H\n"
         "\n"
-        "Relay options (steady, drain):\n"
+        "Relay options (steady, drain; --relay-arg also producer):\n"
         "  --nats-mode jetstream|core   relay mode (drain counts with a subscription in core)\n"
         "  --batch-size N         outboxd --batch-size\n"
         "  --relay-arg \"--key value\"  passed to outboxd run, repeatable\n"
