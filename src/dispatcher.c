@@ -116,9 +116,10 @@ outbox_dispatcher_settings_validate(const outbox_dispatcher_settings_t *s, char 
           "batch_size must be between 1 and 10000 (got %d)", (int)s->batch_size);
     CHECK(s->cleanup_batch >= 1 && s->cleanup_batch <= 1000000,
           "cleanup_batch must be between 1 and 1000000 (got %d)", (int)s->cleanup_batch);
-    CHECK(s->retention_ms < 0 || s->retention_ms >= s->max_lock_time_ms,
-          "retention (%lld ms) is shorter than max_lock_time (%lld ms)", (long long)s->retention_ms,
-          (long long)s->max_lock_time_ms);
+    CHECK(s->retention_ms <= 0 || s->retention_ms >= s->max_lock_time_ms,
+          "retention (%lld ms) is shorter than max_lock_time (%lld ms); 0 deletes a record "
+          "when it is delivered",
+          (long long)s->retention_ms, (long long)s->max_lock_time_ms);
     CHECK(s->dead_retention_ms < 0 || s->dead_retention_ms >= s->max_lock_time_ms,
           "dead_retention (%lld ms) is shorter than max_lock_time (%lld ms)",
           (long long)s->dead_retention_ms, (long long)s->max_lock_time_ms);
@@ -566,11 +567,11 @@ outbox_dispatcher_cleanup(outbox_dispatcher_t *d, int64_t *deleted)
 }
 
 int
-outbox_dispatcher_release_crashed(outbox_dispatcher_t *d, const char *lock_id, int64_t *released,
-                                  int64_t *parked)
+outbox_dispatcher_release_crashed(outbox_dispatcher_t *d, const char *lock_id, int64_t lo,
+                                  int64_t hi, int64_t *released, int64_t *parked)
 {
     int64_t n = 0, dead = 0;
-    int rc = outbox_store_release_crashed(d->store, lock_id, d->s.crash_limit, &n, &dead);
+    int rc = outbox_store_release_crashed(d->store, lock_id, lo, hi, d->s.crash_limit, &n, &dead);
 
     if (rc != OUTBOX_OK) {
         d->c.db_errors++;
@@ -702,6 +703,20 @@ bool
 outbox_dispatcher_idle(const outbox_dispatcher_t *d)
 {
     return d->empty && d->last_gap > d->s.linger_ms;
+}
+
+void
+outbox_dispatcher_inflight(const outbox_dispatcher_t *d, int64_t *lo, int64_t *hi)
+{
+    size_t i;
+
+    *lo = *hi = 0;
+    for (i = 0; i < d->batch.n; i++) {
+        if (*lo == 0 || d->batch.recs[i].seq < *lo)
+            *lo = d->batch.recs[i].seq;
+        if (d->batch.recs[i].seq > *hi)
+            *hi = d->batch.recs[i].seq;
+    }
 }
 
 const outbox_dispatcher_counters_t *

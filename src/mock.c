@@ -280,8 +280,8 @@ mock_clear_locks_by_lock_id(outbox_store_t *s, const char *lock_id, int64_t *rel
 }
 
 static int
-mock_release_crashed(outbox_store_t *s, const char *lock_id, int crash_limit, int64_t *released,
-                     int64_t *parked)
+mock_release_crashed(outbox_store_t *s, const char *lock_id, int64_t lo, int64_t hi,
+                     int crash_limit, int64_t *released, int64_t *parked)
 {
     outbox_mock_store_t *m = (outbox_mock_store_t *)s;
     int64_t count = 0, dead = 0;
@@ -292,11 +292,14 @@ mock_release_crashed(outbox_store_t *s, const char *lock_id, int crash_limit, in
     for (i = 0; i < m->n; i++) {
         outbox_mock_record_t *r = &m->recs[i];
 
-        if (r->state != OUTBOX_STATE_PENDING || strcmp(r->locked_by, lock_id) != 0)
+        if (r->state != OUTBOX_STATE_PENDING ||
+            (strcmp(r->locked_by, lock_id) != 0 &&
+             (r->locked_by[0] != '\0' || lo <= 0 || r->seq < lo || r->seq > hi)))
             continue;
         r->locked_by[0] = '\0';
         r->locked_on_ms = 0;
-        r->crashes++;
+        /* a full count only alone in flight; a batch's records: suspects */
+        r->crashes = lo > 0 && lo == hi ? r->crashes + 1 : (r->crashes > 0 ? r->crashes : 1);
         count++;
         if (crash_limit > 0 && r->crashes >= crash_limit) {
             r->state = OUTBOX_STATE_MAX_ATTEMPTS_REACHED;

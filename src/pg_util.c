@@ -148,8 +148,21 @@ outbox_pg_channel(const char *schema, const char *table, char out[OUTBOX_PG_CHAN
     snprintf(out, OUTBOX_PG_CHANNEL_LEN + 1, "outbox_%016llx", (unsigned long long)h);
 }
 
+void
+outbox_pg_appname(const char *lock_id, char out[OUTBOX_PG_APPNAME_MAX + 1])
+{
+    snprintf(out, OUTBOX_PG_APPNAME_MAX + 1, "outboxd %s", lock_id);
+}
+
 int
 outbox_pg_connect(PGconn **out, const char *conninfo, char *err, size_t errlen)
+{
+    return outbox_pg_connect_as(out, conninfo, NULL, err, errlen);
+}
+
+int
+outbox_pg_connect_as(PGconn **out, const char *conninfo, const char *application_name, char *err,
+                     size_t errlen)
 {
     /* Defaults come first so that the expanded conninfo (dbname entry)
      * overrides them; client_encoding comes last because the relay's
@@ -159,11 +172,13 @@ outbox_pg_connect(PGconn **out, const char *conninfo, char *err, size_t errlen)
                         "keepalives_idle",
                         "keepalives_interval",
                         "keepalives_count",
-                        "fallback_application_name",
+                        application_name != NULL ? "application_name" : "fallback_application_name",
                         "dbname",
                         "client_encoding",
                         NULL};
-    const char *val[] = {"10", "1", "10", "5", "3", "outboxd", NULL, "UTF8", NULL};
+    const char *val[] = {"10", "1",    "10",
+                         "5",  "3",    application_name != NULL ? application_name : "outboxd",
+                         NULL, "UTF8", NULL};
     PQconninfoOption *opts;
     char *perr = NULL;
     PGconn *c;

@@ -45,6 +45,10 @@ char *outbox_pg_qualify(const char *schema, const char *table, const char *suffi
  * returns OUTBOX_ERR_CONFIG (unparsable conninfo) or OUTBOX_ERR_UNREACHABLE
  * and writes libpq's reason to err; *out stays NULL. */
 int outbox_pg_connect(PGconn **out, const char *conninfo, char *err, size_t errlen);
+/* As outbox_pg_connect, with application_name (unless conninfo sets its
+ * own): how the keeper finds the sessions of a relay that died. */
+int outbox_pg_connect_as(PGconn **out, const char *conninfo, const char *application_name,
+                         char *err, size_t errlen);
 
 /* Status for a failed result: from the SQLSTATE, or UNREACHABLE when the
  * connection is gone. res may be NULL (out of memory or lost connection). */

@@ -16,7 +16,7 @@
 #include <sys/types.h>
 
 #define OUTBOX_STATS_MAGIC 0x5453584f4254554fULL /* "OUTBOXST" little-endian */
-#define OUTBOX_STATS_VERSION 1u                  /* any layout change bumps it */
+#define OUTBOX_STATS_VERSION 2u                  /* any layout change bumps it */
 #define OUTBOX_STATS_MAX_WORKERS 64
 /* A rolling restart runs old and new side by side, plus the housekeeper
  * and its replacement: old and new never share a slot. */
@@ -83,6 +83,8 @@ typedef struct outbox_stats_slot {
     _Atomic uint64_t last_batch_size;
     _Atomic uint64_t last_batch_us; /* claim -> marks written */
     _Atomic uint64_t release_acked; /* keeper: last lock-release request done */
+    _Atomic int64_t inflight_lo;    /* relay: seq range of the batch being published, */
+    _Atomic int64_t inflight_hi;    /* 0 between batches (read after a crash) */
     char lock_id[OUTBOX_STATS_LOCKID_MAX];
     _Atomic uint64_t counters[OUTBOX_STATS_MAX_COUNTERS];
     _Atomic uint64_t hist[OUTBOX_STATS_HIST_BUCKETS]; /* batch latency */

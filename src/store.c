@@ -33,10 +33,10 @@ outbox_store_clear_locks_by_lock_id(outbox_store_t *s, const char *lock_id, int6
 }
 
 int
-outbox_store_release_crashed(outbox_store_t *s, const char *lock_id, int crash_limit,
-                             int64_t *released, int64_t *parked)
+outbox_store_release_crashed(outbox_store_t *s, const char *lock_id, int64_t lo, int64_t hi,
+                             int crash_limit, int64_t *released, int64_t *parked)
 {
-    return s->ops->release_crashed(s, lock_id, crash_limit, released, parked);
+    return s->ops->release_crashed(s, lock_id, lo, hi, crash_limit, released, parked);
 }
 
 int

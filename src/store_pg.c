@@ -51,15 +51,18 @@ enum {
 };
 
 enum {
-    S_CLAIM,
     S_CLAIM_ORDERED,
+    S_CLAIM_TX,
     S_BY_LOCK,
     S_DELIVERED,
+    S_DELIVERED_DELETE,
     S_MARK,
+    S_MARK_TX,
     S_STALE,
     S_UNLOCK,
     S_CRASHED,
     S_FLAG,
+    S_TERMINATE,
     S_PURGE,
     S_COUNT
 };
@@ -74,6 +77,7 @@ enum {
  * claimed alone, so that a poison record, crashing again, blames only
  * itself and its innocent batch mates are cleared one by one.
  */
+#define NEW_CRASHES "(CASE WHEN $3 > 0 AND $3 = $4 THEN crashes + 1 ELSE greatest(crashes, 1) END)"
 #define CLAIM_CANDIDATES(and_more)                                                                 \
     "WITH c AS MATERIALIZED ("                                                                     \
     " SELECT id, seq, msg_key, crashes FROM @T@ t WHERE state = 0 AND locked_by IS NULL"           \
@@ -94,31 +98,38 @@ enum {
 static const struct {
     const char *name;
     int nparams;
-    Oid types[3];
+    Oid types[4];
     const char *sql;
 } stmts[S_COUNT] = {
-    [S_CLAIM] = {"outbox_claim",
-                 2,
-                 {TEXTOID, INT4OID},
-                 CLAIM_CANDIDATES("") " ok AS (SELECT * FROM c),"
-                 " s AS (SELECT id FROM c WHERE crashes > 0 ORDER BY seq LIMIT 1)," CLAIM_UPDATE},
     /* Per-key ordering: of the candidates, a keyed one is kept only when
      * the candidates hold every pending row of its key up to the newest one
      * taken (none in flight elsewhere, waiting for a retry or skipped), so
      * a key is never published by two relays at once nor out of order. A
      * suspect goes alone only when it heads its key. */
-    [S_CLAIM_ORDERED] = {"outbox_claim_ordered",
-                         2,
-                         {TEXTOID, INT4OID},
-                         CLAIM_CANDIDATES(HEAD_FREE)
-                         " k AS (SELECT msg_key, max(seq) AS mx, count(*) AS n FROM c"
-                         " WHERE msg_key IS NOT NULL GROUP BY msg_key),"
-                         " ok AS (SELECT * FROM c WHERE msg_key IS NULL OR msg_key IN"
-                         " (SELECT k.msg_key FROM k WHERE k.n = (SELECT count(*) FROM @T@ e"
-                         " WHERE e.state = 0 AND e.msg_key = k.msg_key AND e.seq <= k.mx))),"
-                         " s AS (SELECT id FROM ok o WHERE crashes > 0 AND (msg_key IS NULL OR"
-                         " seq = (SELECT min(seq) FROM ok o2 WHERE o2.msg_key = o.msg_key))"
-                         " ORDER BY seq LIMIT 1)," CLAIM_UPDATE},
+    [S_CLAIM_ORDERED] =
+        {"outbox_claim_ordered",
+         2,
+         {TEXTOID, INT4OID},
+         CLAIM_CANDIDATES(
+             HEAD_FREE) " k AS (SELECT msg_key, max(seq) AS mx, count(*) AS n FROM c"
+                        " WHERE msg_key IS NOT NULL GROUP BY msg_key),"
+                        " ok AS (SELECT * FROM c WHERE msg_key IS NULL OR msg_key IN"
+                        " (SELECT k.msg_key FROM k WHERE k.n = (SELECT count(*) FROM @T@ e"
+                        " WHERE e.state = 0 AND e.msg_key = k.msg_key AND e.seq <= k.mx))),"
+                        " s AS (SELECT id FROM ok o WHERE crashes > 0 AND (msg_key IS NULL OR"
+                        " seq = (SELECT min(seq) FROM ok o2 WHERE o2.msg_key = o.msg_key))"
+                        " ORDER BY seq LIMIT 1)," CLAIM_UPDATE},
+    /* The transaction-scoped claim (per-key ordering off): row locks of an
+     * open transaction are the claim, held until the mark's COMMIT. No row
+     * is written to claim it, a dead relay's locks vanish with its session,
+     * and SKIP LOCKED keeps relays apart. Rows locked_by a relay of the
+     * per-key kind are left alone. LockRows above the Limit: never more
+     * than $1 rows locked. */
+    [S_CLAIM_TX] = {"outbox_claim_tx",
+                    1,
+                    {INT4OID},
+                    "SELECT " COLS " FROM @T@ WHERE state = 0 AND locked_by IS NULL"
+                    " AND next_attempt_at <= now() ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"},
     [S_BY_LOCK] = {"outbox_by_lock",
                    1,
                    {TEXTOID},
@@ -133,6 +144,12 @@ static const struct {
                      " locked_on = NULL, attempts = attempts + $2, last_attempt_on ="
                      " CASE WHEN $2 > 0 THEN now() ELSE last_attempt_on END"
                      " WHERE id = ANY($1) AND state = 0"},
+    /* Delivered with retention 0: the row goes at once (one in-place
+     * change instead of a new row version). */
+    [S_DELIVERED_DELETE] = {"outbox_delivered_delete",
+                            1,
+                            {UUIDARRAYOID},
+                            "DELETE FROM @T@ WHERE id = ANY($1) AND state = 0"},
     /* kind: 0 DELIVERED, 1 RETRY, 2 DEAD, 3 RELEASE (outbox_mark_kind_t). */
     [S_MARK] = {"outbox_mark",
                 2,
@@ -151,6 +168,24 @@ static const struct {
                 " FROM jsonb_to_recordset($2) AS m(id uuid, kind int, charge int,"
                 " delay_ms bigint, err text)"
                 " WHERE t.id = m.id AND t.state = 0 AND (m.kind = 0 OR t.locked_by = $1)"},
+    /* Inside the claim transaction: the row locks are ours. */
+    [S_MARK_TX] = {"outbox_mark_tx",
+                   2,
+                   {TEXTOID, JSONBOID},
+                   "UPDATE @T@ AS t SET"
+                   " state = CASE m.kind WHEN 0 THEN 1 WHEN 2 THEN 2 ELSE t.state END,"
+                   " processed_on = CASE WHEN m.kind IN (0, 2) THEN now() ELSE t.processed_on END,"
+                   " locked_by = NULL, locked_on = NULL,"
+                   " attempts = t.attempts + CASE WHEN m.kind = 3 THEN 0 ELSE m.charge END,"
+                   " last_attempt_on = CASE WHEN m.kind <> 3 AND m.charge > 0 THEN now()"
+                   " ELSE t.last_attempt_on END,"
+                   " last_error = CASE WHEN m.kind IN (1, 2) AND m.err IS NOT NULL THEN m.err"
+                   " ELSE t.last_error END,"
+                   " next_attempt_at = CASE WHEN m.kind = 1 THEN now() + m.delay_ms::float8 *"
+                   " interval '1 millisecond' ELSE t.next_attempt_at END"
+                   " FROM jsonb_to_recordset($2) AS m(id uuid, kind int, charge int,"
+                   " delay_ms bigint, err text)"
+                   " WHERE t.id = m.id AND t.state = 0 AND $1::text IS NOT NULL"},
     /* Only pending rows: a row leaves PENDING through mark, which clears
      * its lock, and a lock on any other row would not matter. The filter
      * lets this periodic scan use the pending index. */
@@ -170,23 +205,38 @@ static const struct {
                   "WITH gone AS (DELETE FROM @L@ WHERE lock_id = $1)"
                   " UPDATE @T@ SET locked_by = NULL, locked_on = NULL WHERE state = 0"
                   " AND locked_by = $1"},
-    /* A worker died holding these rows: free them, count the crash, park
-     * those at the limit ($2 > 0). The SET expressions see the old row. */
+    /* A relay died holding these rows: free them, count the crash, park
+     * those at the limit ($2 > 0). The SET expressions see the old row. Its
+     * rows are those locked_by it (per-key kind) or, claimed by a
+     * transaction, those of the seq range [$3, $4] it had in flight that
+     * no live relay holds now. A crash counts fully only against a record
+     * that was alone in flight ($3 = $4); a batch's records become suspects
+     * (crashes at least 1) and are retried alone: however many relays a
+     * poison record kills before that, its batch mates never near the
+     * limit. */
     [S_CRASHED] = {"outbox_crashed",
-                   2,
-                   {TEXTOID, INT4OID},
+                   4,
+                   {TEXTOID, INT4OID, INT8OID, INT8OID},
                    "WITH gone AS (DELETE FROM @L@ WHERE lock_id = $1)"
-                   " UPDATE @T@ SET locked_by = NULL, locked_on = NULL, crashes = crashes + 1,"
-                   " state = CASE WHEN $2 > 0 AND crashes + 1 >= $2 THEN 2 ELSE state END,"
-                   " processed_on = CASE WHEN $2 > 0 AND crashes + 1 >= $2 THEN now()"
+                   " UPDATE @T@ SET locked_by = NULL, locked_on = NULL, crashes = " NEW_CRASHES ","
+                   " state = CASE WHEN $2 > 0 AND " NEW_CRASHES " >= $2 THEN 2 ELSE state END,"
+                   " processed_on = CASE WHEN $2 > 0 AND " NEW_CRASHES " >= $2 THEN now()"
                    " ELSE processed_on END,"
-                   " last_error = CASE WHEN $2 > 0 AND crashes + 1 >= $2 THEN"
-                   " 'worker died while processing (' || (crashes + 1) || ' times)'"
+                   " last_error = CASE WHEN $2 > 0 AND " NEW_CRASHES " >= $2 THEN"
+                   " 'worker died while processing (' || " NEW_CRASHES " || ' times)'"
                    " ELSE last_error END"
-                   " WHERE state = 0 AND locked_by = $1 RETURNING state"},
+                   " WHERE id IN (SELECT id FROM @T@ WHERE state = 0 AND (locked_by = $1 OR"
+                   " (locked_by IS NULL AND seq BETWEEN $3 AND $4)) FOR UPDATE SKIP LOCKED)"
+                   " RETURNING state"},
     /* The wake-up flag = the number of registered idle listeners, after
      * the registrations of dead workers were removed. */
     [S_FLAG] = {"outbox_flag", 0, {0}, "SELECT setval('@I@', (SELECT count(*) FROM @L@))"},
+    /* pg_terminate_backend(pid, timeout) waits for each to be gone. */
+    [S_TERMINATE] = {"outbox_terminate",
+                     1,
+                     {TEXTOID},
+                     "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
+                     " WHERE application_name = $1 AND pid <> pg_backend_pid()"},
     /* A NULL retention keeps that kind: the comparison is never true. The
      * ids come from an InitPlan evaluated once, so at most $3 rows go. */
     [S_PURGE] = {"outbox_purge",
@@ -207,8 +257,12 @@ typedef struct pg_store {
     char *conninfo;
     outbox_pg_names_t names;
     char *qlisteners; /* "schema"."table_listeners" */
-    int statement_timeout_ms;
-    bool per_key_order;
+    int statement_timeout_ms, idle_tx_timeout_ms;
+    char *application_name;
+    bool per_key_order;    /* column claim (locked_by); else the transaction claim */
+    bool delete_delivered; /* retention 0: a delivered row is deleted */
+    bool in_tx;            /* a claim transaction is open (its rows are locked) */
+    bool end_pending;      /* an empty claim's COMMIT was sent, its result not read */
     char *sql[S_COUNT];
 } pg_store_t;
 
@@ -270,6 +324,8 @@ drop(pg_store_t *s)
 {
     PQfinish(s->conn);
     s->conn = NULL;
+    s->in_tx = false; /* the server rolls it back */
+    s->end_pending = false;
 }
 
 /* Report a failed result in s->base.err and return its status. */
@@ -291,14 +347,17 @@ open_conn(pg_store_t *s)
 {
     PGresult *res = NULL;
     char *sql = NULL;
-    char buf[64];
+    char buf[128];
     int i, rc, version;
 
-    rc = outbox_pg_connect(&s->conn, s->conninfo, s->base.err, sizeof(s->base.err));
+    rc = outbox_pg_connect_as(&s->conn, s->conninfo, s->application_name, s->base.err,
+                              sizeof(s->base.err));
     if (rc != OUTBOX_OK)
         return rc;
-    if (s->statement_timeout_ms > 0) {
-        snprintf(buf, sizeof(buf), "SET statement_timeout = %d", s->statement_timeout_ms);
+    if (s->statement_timeout_ms > 0 || s->idle_tx_timeout_ms > 0) {
+        snprintf(buf, sizeof(buf),
+                 "SET statement_timeout = %d; SET idle_in_transaction_session_timeout = %d",
+                 s->statement_timeout_ms, s->idle_tx_timeout_ms);
         res = PQexec(s->conn, buf);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             rc = failed(s, "set statement_timeout", res);
@@ -343,6 +402,148 @@ done:
     return rc;
 }
 
+/* A usable connection: re-made if lost; the result of an empty claim's
+ * COMMIT, sent without waiting, read first. */
+static int
+ready(pg_store_t *s)
+{
+    PGresult *res;
+    int rc;
+
+    if (s->conn != NULL && s->end_pending) {
+        s->end_pending = false;
+        while ((res = PQgetResult(s->conn)) != NULL)
+            PQclear(res); /* a COMMIT of nothing: its outcome changes nothing */
+    }
+    if (s->conn == NULL || PQstatus(s->conn) != CONNECTION_OK) {
+        drop(s);
+        if ((rc = open_conn(s)) != OUTBOX_OK)
+            return rc;
+        s->base.reconnects++;
+    }
+    return OUTBOX_OK;
+}
+
+/* One step of a pipeline: a prepared statement (st >= 0, binary results)
+ * or a fixed SQL text without parameters. */
+typedef struct step {
+    int st;
+    const char *sql;
+    const char *const *values;
+} step_t;
+
+/*
+ * Run steps in one round trip (libpq pipeline mode). The result of step
+ * keep (-1: none) goes to *out; every step must succeed. On failure the
+ * open transaction, if any, is aborted: the session is rolled back (or
+ * dropped when it is gone).
+ */
+static int
+pipeline(pg_store_t *s, const step_t *steps, int n, int keep, PGresult **out)
+{
+    PGresult *res;
+    ExecStatusType es;
+    int i, rc = OUTBOX_OK, bad = -1;
+
+    if (PQenterPipelineMode(s->conn) != 1)
+        return fail(s, OUTBOX_ERR_UNREACHABLE, "%s", "cannot enter pipeline mode");
+    for (i = 0; i < n; i++) {
+        int ok =
+            steps[i].st >= 0
+                ? PQsendQueryPrepared(s->conn, stmts[steps[i].st].name, stmts[steps[i].st].nparams,
+                                      steps[i].values, NULL, NULL, 1)
+                : PQsendQueryParams(s->conn, steps[i].sql, 0, NULL, NULL, NULL, NULL, 0);
+
+        if (!ok)
+            break;
+    }
+    if (i < n || PQpipelineSync(s->conn) != 1) {
+        outbox_pg_error(s->base.err, sizeof(s->base.err), "send", s->conn, NULL);
+        drop(s);
+        return OUTBOX_ERR_UNREACHABLE;
+    }
+    for (i = 0; i < n; i++) {
+        if ((res = PQgetResult(s->conn)) == NULL)
+            break;
+        es = PQresultStatus(res);
+        if (es != PGRES_TUPLES_OK && es != PGRES_COMMAND_OK) {
+            if (bad < 0) {
+                bad = i;
+                rc = outbox_pg_status(s->conn, res);
+                outbox_pg_error(s->base.err, sizeof(s->base.err),
+                                steps[i].st >= 0 ? stmts[steps[i].st].name : steps[i].sql, s->conn,
+                                es == PGRES_PIPELINE_ABORTED ? NULL : res);
+            }
+            PQclear(res);
+        } else if (i == keep && bad < 0) {
+            *out = res;
+        } else {
+            PQclear(res);
+        }
+        while ((res = PQgetResult(s->conn)) != NULL) /* end of this step */
+            PQclear(res);
+    }
+    /* the sync point */
+    while ((res = PQgetResult(s->conn)) != NULL) {
+        es = PQresultStatus(res);
+        PQclear(res);
+        if (es == PGRES_PIPELINE_SYNC)
+            break;
+    }
+    if (i < n || PQexitPipelineMode(s->conn) != 1 || PQstatus(s->conn) != CONNECTION_OK) {
+        if (bad < 0) {
+            outbox_pg_error(s->base.err, sizeof(s->base.err), "pipeline", s->conn, NULL);
+            rc = OUTBOX_ERR_UNREACHABLE;
+        }
+        if (keep >= 0 && *out != NULL) {
+            PQclear(*out);
+            *out = NULL;
+        }
+        drop(s);
+        return rc != OUTBOX_OK ? rc : OUTBOX_ERR_UNREACHABLE;
+    }
+    if (bad >= 0) {
+        if (keep >= 0 && *out != NULL) {
+            PQclear(*out);
+            *out = NULL;
+        }
+        if (s->in_tx) {
+            res = PQexec(s->conn, "ROLLBACK");
+            PQclear(res);
+            s->in_tx = false;
+        }
+        if (rc == OUTBOX_ERR_UNREACHABLE)
+            drop(s);
+    }
+    return rc;
+}
+
+/* End the claim transaction without waiting (an empty claim). */
+static void
+end_later(pg_store_t *s)
+{
+    s->in_tx = false;
+    if (PQsendQuery(s->conn, "COMMIT") == 1)
+        s->end_pending = true;
+    else
+        drop(s);
+}
+
+/* Roll the claim transaction back (stop, or marks that cannot apply). */
+static void
+rollback(pg_store_t *s)
+{
+    PGresult *res;
+
+    if (!s->in_tx || s->conn == NULL)
+        return;
+    s->in_tx = false;
+    res = PQexec(s->conn, "ROLLBACK");
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        drop(s);
+    PQclear(res);
+}
+
 /* Run prepared statement st; on success *out holds the result. */
 static int
 exec(pg_store_t *s, int st, const char *const *values, const int *lengths, PGresult **out)
@@ -351,12 +552,8 @@ exec(pg_store_t *s, int st, const char *const *values, const int *lengths, PGres
     ExecStatusType es;
     int rc;
 
-    if (s->conn == NULL || PQstatus(s->conn) != CONNECTION_OK) {
-        drop(s);
-        if ((rc = open_conn(s)) != OUTBOX_OK)
-            return rc;
-        s->base.reconnects++;
-    }
+    if ((rc = ready(s)) != OUTBOX_OK)
+        return rc;
     res = PQexecPrepared(s->conn, stmts[st].name, stmts[st].nparams, values, lengths, NULL, 1);
     es = PQresultStatus(res);
     if (es != PGRES_TUPLES_OK && es != PGRES_COMMAND_OK)
@@ -445,17 +642,21 @@ done:
 /* Copy a result of COLS rows into out: size everything first, reserve once
  * (so arena pointers never move), then copy. */
 static int
-fill(pg_store_t *s, PGresult *res, outbox_batch_t *out)
+fill(pg_store_t *s, PGresult *res, int only, outbox_batch_t *out)
 {
     size_t bytes = 0, nhdrs = 0;
-    int rows = PQntuples(res), i, c, len;
+    int rows = PQntuples(res), first = 0, i, c, len;
     const char *p;
     outbox_record_t *r;
     uuid_t u;
 
     if (PQnfields(res) != C_NCOLS)
         return fail(s, OUTBOX_ERR_SCHEMA, "%s has unexpected columns", s->names.qtable);
-    for (i = 0; i < rows; i++) {
+    if (only >= 0) {
+        first = only;
+        rows = only + 1;
+    }
+    for (i = first; i < rows; i++) {
         bytes += OUTBOX_ID_LEN + 1;
         for (c = C_TOPIC; c < C_NCOLS; c++)
             bytes += (size_t)PQgetlength(res, i, c) + 1;
@@ -466,9 +667,9 @@ fill(pg_store_t *s, PGresult *res, outbox_batch_t *out)
         for (c = 0; c < len; c++)
             nhdrs += p[c] == '"';
     }
-    if (outbox_batch_reserve(out, (size_t)rows, nhdrs / 4, bytes) != OUTBOX_OK)
+    if (outbox_batch_reserve(out, (size_t)(rows - first), nhdrs / 4, bytes) != OUTBOX_OK)
         return fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory for a batch");
-    for (i = 0; i < rows; i++) {
+    for (i = first; i < rows; i++) {
         r = outbox_batch_push(out);
         if (PQgetlength(res, i, C_ID) != 16 || PQgetlength(res, i, C_SEQ) != 8)
             return fail(s, OUTBOX_ERR_SCHEMA, "%s has unexpected column types", s->names.qtable);
@@ -501,6 +702,56 @@ fill(pg_store_t *s, PGresult *res, outbox_batch_t *out)
     return OUTBOX_OK;
 }
 
+/* The first suspect (crashes > 0) of a claim result, -1 if none: it goes
+ * alone, its batch mates stay locked but untouched until the COMMIT. */
+static int
+first_suspect(const PGresult *res)
+{
+    int rows = PQntuples(res), i;
+
+    for (i = 0; i < rows; i++)
+        if (be(PQgetvalue(res, i, C_CRASHES), 4) != 0)
+            return i;
+    return -1;
+}
+
+/* Transaction claim: BEGIN and the locking SELECT in one round trip; an
+ * empty result ends the transaction without a wait. */
+static int
+claim_tx(pg_store_t *s, int limit, outbox_batch_t *out)
+{
+    char lim[16];
+    const char *values[1] = {lim};
+    step_t steps[2] = {{-1, "BEGIN", NULL}, {S_CLAIM_TX, NULL, values}};
+    PGresult *res = NULL;
+    int rc;
+
+    snprintf(lim, sizeof(lim), "%d", limit);
+    if ((rc = ready(s)) != OUTBOX_OK)
+        return rc;
+    if (s->in_tx)
+        rollback(s); /* a claim never marked: give it back */
+    if (s->conn == NULL && (rc = ready(s)) != OUTBOX_OK)
+        return rc;
+    s->in_tx = true;
+    if ((rc = pipeline(s, steps, 2, 1, &res)) != OUTBOX_OK) {
+        s->in_tx = false;
+        return rc;
+    }
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        end_later(s);
+        return OUTBOX_OK;
+    }
+    rc = fill(s, res, first_suspect(res), out);
+    PQclear(res);
+    if (rc != OUTBOX_OK) {
+        outbox_batch_reset(out);
+        rollback(s);
+    }
+    return rc;
+}
+
 static int
 pg_claim(outbox_store_t *base, const char *lock_id, int limit, outbox_batch_t *out)
 {
@@ -515,15 +766,16 @@ pg_claim(outbox_store_t *base, const char *lock_id, int limit, outbox_batch_t *o
         return fail(s, OUTBOX_ERR_INVALID, "%s", "claim: empty lock id");
     if (limit <= 0)
         return OUTBOX_OK;
+    if (!s->per_key_order)
+        return claim_tx(s, limit, out);
     snprintf(lim, sizeof(lim), "%d", limit);
     values[0] = lock_id;
     values[1] = lim;
-    if ((rc = exec(s, s->per_key_order ? S_CLAIM_ORDERED : S_CLAIM, values, NULL, &res)) !=
-        OUTBOX_OK)
+    if ((rc = exec(s, S_CLAIM_ORDERED, values, NULL, &res)) != OUTBOX_OK)
         return rc;
     /* Should the copy fail, the rows stay locked by lock_id until
      * clear_stale_locks or clear_locks_by_lock_id frees them. */
-    rc = fill(s, res, out);
+    rc = fill(s, res, -1, out);
     PQclear(res);
     if (rc != OUTBOX_OK)
         outbox_batch_reset(out);
@@ -543,7 +795,7 @@ pg_get_by_lock_id(outbox_store_t *base, const char *lock_id, outbox_batch_t *out
         return fail(s, OUTBOX_ERR_INVALID, "%s", "get_by_lock_id: NULL lock id");
     if ((rc = exec(s, S_BY_LOCK, values, NULL, &res)) != OUTBOX_OK)
         return rc;
-    rc = fill(s, res, out);
+    rc = fill(s, res, -1, out);
     PQclear(res);
     if (rc != OUTBOX_OK)
         outbox_batch_reset(out);
@@ -600,22 +852,125 @@ clamp_ms(int64_t ms)
     return ms < 0 ? 0 : ms > MAX_MS ? MAX_MS : ms;
 }
 
+/* "{id,id,...}" of the marks whose kind is (or is not) DELIVERED, into
+ * *text (malloc'd); ids are checked, so no quoting is needed. */
+static int
+id_array(const outbox_mark_t *marks, size_t n, bool delivered, char **text, size_t *count)
+{
+    char *o;
+    size_t i;
+
+    *count = 0;
+    if ((*text = o = malloc(n * (OUTBOX_ID_LEN + 1) + 3)) == NULL)
+        return OUTBOX_ERR_NOMEM;
+    *o++ = '{';
+    for (i = 0; i < n; i++) {
+        if ((marks[i].kind == OUTBOX_MARK_DELIVERED) != delivered)
+            continue;
+        if ((*count)++ > 0)
+            *o++ = ',';
+        o = stpcpy(o, marks[i].id);
+    }
+    *o++ = '}';
+    *o = '\0';
+    return OUTBOX_OK;
+}
+
+/* The marks (DELIVERED and RELEASE ones only when asked) as the JSON of
+ * S_MARK; NULL text when there are none. */
+static int
+marks_json(pg_store_t *s, const outbox_mark_t *marks, size_t n, bool with_delivered,
+           bool with_release, char **text)
+{
+    json_t *arr = json_array(), *m;
+    size_t i, k = 0;
+    int rc = OUTBOX_OK;
+
+    *text = NULL;
+    if (arr == NULL)
+        return fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+    for (i = 0; i < n; i++) {
+        if ((!with_delivered && marks[i].kind == OUTBOX_MARK_DELIVERED) ||
+            (!with_release && marks[i].kind == OUTBOX_MARK_RELEASE))
+            continue;
+        m = json_pack("{s:s, s:i, s:i, s:I, s:o*}", "id", marks[i].id, "kind", (int)marks[i].kind,
+                      "charge", (int)marks[i].charge, "delay_ms",
+                      (json_int_t)clamp_ms(marks[i].retry_delay_ms), "err",
+                      error_string(marks[i].error));
+        if (m == NULL || json_array_append_new(arr, m) != 0) {
+            rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+            goto done;
+        }
+        k++;
+    }
+    if (k > 0 && (*text = json_dumps(arr, JSON_COMPACT)) == NULL)
+        rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+done:
+    json_decref(arr);
+    return rc;
+}
+
+/*
+ * Inside the claim transaction: delivered rows updated (or deleted) by id,
+ * the others by their JSON, and COMMIT, in one round trip. RELEASE needs no
+ * statement: the COMMIT frees the row locks.
+ */
+static int
+mark_tx(pg_store_t *s, const char *lock_id, const outbox_mark_t *marks, size_t n, int64_t *updated)
+{
+    char *ids = NULL, *json = NULL, charge[16] = "1";
+    const char *dv[2] = {NULL, charge}, *mv[2] = {lock_id, NULL};
+    step_t steps[3];
+    PGresult *res = NULL;
+    size_t ndelivered = 0, i;
+    int nsteps = 0, rc;
+
+    if ((rc = id_array(marks, n, true, &ids, &ndelivered)) != OUTBOX_OK ||
+        (rc = marks_json(s, marks, n, false, false, &json)) != OUTBOX_OK) {
+        rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+        goto done;
+    }
+    for (i = 0; i < n; i++)
+        if (marks[i].kind == OUTBOX_MARK_DELIVERED) {
+            snprintf(charge, sizeof(charge), "%d", (int)marks[i].charge);
+            break;
+        }
+    dv[0] = ids;
+    mv[1] = json;
+    if (ndelivered > 0)
+        steps[nsteps++] =
+            (step_t){s->delete_delivered ? S_DELIVERED_DELETE : S_DELIVERED, NULL, dv};
+    if (json != NULL)
+        steps[nsteps++] = (step_t){S_MARK_TX, NULL, mv};
+    steps[nsteps++] = (step_t){-1, "COMMIT", NULL};
+    rc = pipeline(s, steps, nsteps, -1, &res);
+    s->in_tx = false;
+    if (rc == OUTBOX_OK && updated != NULL)
+        *updated = (int64_t)n;
+done:
+    free(ids);
+    free(json);
+    return rc;
+}
+
 static int
 pg_mark(outbox_store_t *base, const char *lock_id, const outbox_mark_t *marks, size_t n,
         int64_t *updated)
 {
     pg_store_t *s = (pg_store_t *)base;
     PGresult *res = NULL;
-    json_t *arr = NULL, *m;
-    char *text = NULL, *o;
+    char *text = NULL;
     const char *values[2];
-    char charge[16];
-    size_t i;
+    char charge[16] = "0";
+    size_t i, count;
+    int64_t rows;
     int rc, fast = 1;
 
     if (n == 0) {
         if (updated != NULL)
             *updated = 0;
+        if (s->in_tx && s->conn != NULL)
+            end_later(s);
         return OUTBOX_OK;
     }
     if (marks == NULL || lock_id == NULL)
@@ -629,54 +984,46 @@ pg_mark(outbox_store_t *base, const char *lock_id, const outbox_mark_t *marks, s
         if (marks[i].kind != OUTBOX_MARK_DELIVERED || marks[i].charge != marks[0].charge)
             fast = 0;
     }
-    if (fast) {
-        /* {id,id,...}: ids are checked, so no quoting is needed. */
-        if ((text = malloc(n * (OUTBOX_ID_LEN + 1) + 2)) == NULL) {
+    if (s->in_tx && s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK)
+        return mark_tx(s, lock_id, marks, n, updated);
+    /* Outside a claim transaction (the per-key kind, or marks kept across a
+     * lost connection): DELIVERED applies whoever holds the row, the others
+     * only where locked_by = lock_id still holds. One statement per batch,
+     * but for deleted deliveries beside other marks. */
+    rows = 0;
+    if (fast || s->delete_delivered) {
+        if ((rc = id_array(marks, n, true, &text, &count)) != OUTBOX_OK) {
             rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
             goto done;
         }
-        o = text;
-        *o++ = '{';
-        for (i = 0; i < n; i++) {
-            o = stpcpy(o, marks[i].id);
-            *o++ = i + 1 < n ? ',' : '}';
-        }
-        *o = '\0';
-        snprintf(charge, sizeof(charge), "%d", (int)marks[0].charge);
-        values[0] = text;
-        values[1] = charge;
-        rc = exec(s, S_DELIVERED, values, NULL, &res);
-    } else {
-        if ((arr = json_array()) == NULL) {
-            rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
-            goto done;
-        }
-        for (i = 0; i < n; i++) {
-            m = json_pack("{s:s, s:i, s:i, s:I, s:o*}", "id", marks[i].id, "kind",
-                          (int)marks[i].kind, "charge", (int)marks[i].charge, "delay_ms",
-                          (json_int_t)clamp_ms(marks[i].retry_delay_ms), "err",
-                          error_string(marks[i].error));
-            if (m == NULL || json_array_append_new(arr, m) != 0) {
-                rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+        if (count > 0) {
+            for (i = 0; i < n; i++)
+                if (marks[i].kind == OUTBOX_MARK_DELIVERED) {
+                    snprintf(charge, sizeof(charge), "%d", (int)marks[i].charge);
+                    break;
+                }
+            values[0] = text;
+            values[1] = charge;
+            if ((rc = exec(s, s->delete_delivered ? S_DELIVERED_DELETE : S_DELIVERED, values, NULL,
+                           &res)) != OUTBOX_OK)
                 goto done;
-            }
+            rows += affected(res); /* frees res */
         }
-        if ((text = json_dumps(arr, JSON_COMPACT)) == NULL) {
-            rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
-            goto done;
-        }
+        free(text);
+        text = NULL;
+    }
+    if (!fast && (rc = marks_json(s, marks, n, !s->delete_delivered, true, &text)) != OUTBOX_OK)
+        goto done;
+    if (text != NULL) {
         values[0] = lock_id;
         values[1] = text;
-        rc = exec(s, S_MARK, values, NULL, &res);
+        if ((rc = exec(s, S_MARK, values, NULL, &res)) != OUTBOX_OK)
+            goto done;
+        rows += affected(res);
     }
-    if (rc == OUTBOX_OK) {
-        int64_t rows = affected(res); /* frees res */
-
-        if (updated != NULL)
-            *updated = rows;
-    }
+    if (updated != NULL)
+        *updated = rows;
 done:
-    json_decref(arr);
     free(text);
     return rc;
 }
@@ -727,25 +1074,48 @@ pg_clear_locks_by_lock_id(outbox_store_t *base, const char *lock_id, int64_t *re
 
     if (lock_id == NULL)
         return fail((pg_store_t *)base, OUTBOX_ERR_INVALID, "%s", "clear_locks: NULL lock id");
+    rollback((pg_store_t *)base); /* our own claim transaction, if one is open */
     return reconcile_flag((pg_store_t *)base,
                           count_exec((pg_store_t *)base, S_UNLOCK, values, released));
 }
 
+/* End the sessions a dead relay may have left (its host still up, the
+ * server not yet aware): their transaction's row locks go with them. A
+ * missing permission (another role) is not an error: the server ends them
+ * by itself once it notices, or at idle_in_transaction_session_timeout. */
 static int
-pg_release_crashed(outbox_store_t *base, const char *lock_id, int crash_limit, int64_t *released,
-                   int64_t *parked)
+terminate(pg_store_t *s, const char *lock_id)
+{
+    char name[OUTBOX_PG_APPNAME_MAX + 1];
+    const char *values[1] = {name};
+    PGresult *res = NULL;
+    int rc;
+
+    outbox_pg_appname(lock_id, name);
+    rc = exec(s, S_TERMINATE, values, NULL, &res);
+    if (rc == OUTBOX_OK)
+        PQclear(res);
+    return rc == OUTBOX_ERR_UNREACHABLE ? rc : OUTBOX_OK;
+}
+
+static int
+pg_release_crashed(outbox_store_t *base, const char *lock_id, int64_t lo, int64_t hi,
+                   int crash_limit, int64_t *released, int64_t *parked)
 {
     pg_store_t *s = (pg_store_t *)base;
     PGresult *res = NULL;
-    char lim[16];
-    const char *values[2] = {lock_id, lim};
+    char lim[16], slo[24], shi[24];
+    const char *values[4] = {lock_id, lim, slo, shi};
     int64_t dead = 0;
     int rc, i, rows;
 
     if (lock_id == NULL)
         return fail(s, OUTBOX_ERR_INVALID, "%s", "release_crashed: NULL lock id");
     snprintf(lim, sizeof(lim), "%d", crash_limit > 0 ? crash_limit : 0);
-    if ((rc = exec(s, S_CRASHED, values, NULL, &res)) != OUTBOX_OK)
+    snprintf(slo, sizeof(slo), "%lld", (long long)(lo > 0 ? lo : 1));
+    snprintf(shi, sizeof(shi), "%lld", (long long)(lo > 0 ? hi : 0));
+    if ((rc = terminate(s, lock_id)) != OUTBOX_OK ||
+        (rc = exec(s, S_CRASHED, values, NULL, &res)) != OUTBOX_OK)
         return rc;
     rows = PQntuples(res);
     for (i = 0; i < rows; i++)
@@ -789,8 +1159,10 @@ pg_destroy(outbox_store_t *base)
     pg_store_t *s = (pg_store_t *)base;
     int i;
 
+    rollback(s);
     PQfinish(s->conn);
     free(s->conninfo);
+    free(s->application_name);
     free(s->qlisteners);
     outbox_pg_names_free(&s->names);
     for (i = 0; i < S_COUNT; i++)
@@ -827,11 +1199,15 @@ outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt, cha
     }
     s->base.ops = &pg_ops;
     s->statement_timeout_ms = opt->statement_timeout_ms;
+    s->idle_tx_timeout_ms = opt->idle_tx_timeout_ms;
     s->per_key_order = opt->per_key_order;
+    s->delete_delivered = opt->delete_delivered;
     rc = outbox_pg_names_init(&s->names, opt->schema, opt->table, s->base.err, sizeof(s->base.err));
     if (rc != OUTBOX_OK)
         goto done;
     if ((opt->conninfo != NULL && (s->conninfo = strdup(opt->conninfo)) == NULL) ||
+        (opt->application_name != NULL &&
+         (s->application_name = strdup(opt->application_name)) == NULL) ||
         (s->qlisteners = outbox_pg_qualify(s->names.schema, s->names.table, "_listeners")) ==
             NULL ||
         (qidle = outbox_pg_qualify(s->names.schema, s->names.table, "_idle")) == NULL ||

@@ -54,6 +54,7 @@ typedef struct proc {
 typedef struct release {
     uint64_t seq;
     pid_t sent_to;
+    int64_t lo, hi; /* seqs it had in flight (0, 0: none) */
     char lock_id[OUTBOX_STATS_LOCKID_MAX];
 } release_t;
 
@@ -381,7 +382,7 @@ send_kill(sup_t *s, int slot, const char *why)
 /* ---- lock releases for reaped relays ---- */
 
 static void
-queue_release(sup_t *s, const char *lock_id)
+queue_release(sup_t *s, const char *lock_id, int64_t lo, int64_t hi)
 {
     release_t *e;
     size_t n;
@@ -395,6 +396,8 @@ queue_release(sup_t *s, const char *lock_id)
     e = &s->relq[s->nrel++];
     e->seq = ++s->rel_seq;
     e->sent_to = 0;
+    e->lo = lo;
+    e->hi = hi;
     n = strnlen(lock_id, sizeof(e->lock_id) - 1);
     memmove(e->lock_id, lock_id, n);
     e->lock_id[n] = '\0';
@@ -421,7 +424,7 @@ static void
 flush_releases(sup_t *s)
 {
     uint64_t acked = 0;
-    char line[OUTBOX_STATS_LOCKID_MAX + 32];
+    char line[OUTBOX_STATS_LOCKID_MAX + 96];
     int i, k, n, drop = 0;
 
     /* Any keeper's ack counts: requests carry global sequence numbers and a
@@ -446,7 +449,8 @@ flush_releases(sup_t *s)
 
         if (e->sent_to == s->procs[k].pid)
             continue;
-        n = snprintf(line, sizeof(line), "%" PRIu64 " %s\n", e->seq, e->lock_id);
+        n = snprintf(line, sizeof(line), "%" PRIu64 " %" PRId64 " %" PRId64 " %s\n", e->seq, e->lo,
+                     e->hi, e->lock_id);
         if (write(s->procs[k].release_wfd, line, (size_t)n) != n)
             return; /* pipe full or keeper gone: retried next tick */
         e->sent_to = s->procs[k].pid;
@@ -493,7 +497,9 @@ reaped(sup_t *s, int slot, int st)
     /* A worker that exited by itself released its own locks on the way out
      * (unless the database was away); one killed or crashed did not. */
     if (p->role == OUTBOX_ROLE_RELAY && (WIFSIGNALED(st) || (!clean && !fatal && p->ready_ms != 0)))
-        queue_release(s, p->lock_id);
+        queue_release(s, p->lock_id,
+                      atomic_load_explicit(&s->r->slots[slot].inflight_lo, memory_order_acquire),
+                      atomic_load_explicit(&s->r->slots[slot].inflight_hi, memory_order_acquire));
     if (p->release_wfd >= 0)
         close(p->release_wfd);
     outbox_stats_slot_retire(s->r, slot);

@@ -71,7 +71,7 @@ outbox_pg_waker_create(outbox_pg_waker_t **out, const outbox_pg_options_t *opt, 
     outbox_pg_names_t n = {0};
     outbox_pg_waker_t *w = NULL;
     char ch[OUTBOX_PG_CHANNEL_LEN + 1], listen[64], *ql = NULL, *qi = NULL, *lit = NULL,
-                                                         *qil = NULL;
+                                                    *qil = NULL;
     int rc;
 
     *out = NULL;
@@ -90,12 +90,12 @@ outbox_pg_waker_create(outbox_pg_waker_t **out, const outbox_pg_options_t *opt, 
         goto fail;
     if ((lit = PQescapeLiteral(w->conn, lock_id, strlen(lock_id))) == NULL ||
         (qil = PQescapeLiteral(w->conn, qi, strlen(qi))) == NULL ||
-        (w->sql_arm = flag_sql(ch, qil, ql, "INSERT INTO %s (lock_id) VALUES (%s) ON CONFLICT "
-                                            "(lock_id) DO UPDATE SET backend_pid = "
-                                            "pg_backend_pid(), since = now()",
+        (w->sql_arm = flag_sql(ch, qil, ql,
+                               "INSERT INTO %s (lock_id) VALUES (%s) ON CONFLICT "
+                               "(lock_id) DO UPDATE SET backend_pid = "
+                               "pg_backend_pid(), since = now()",
                                lit)) == NULL ||
-        (w->sql_disarm = flag_sql(ch, qil, ql, "DELETE FROM %s WHERE lock_id = %s", lit)) ==
-            NULL) {
+        (w->sql_disarm = flag_sql(ch, qil, ql, "DELETE FROM %s WHERE lock_id = %s", lit)) == NULL) {
         snprintf(err, errlen, "out of memory");
         rc = OUTBOX_ERR_NOMEM;
         goto fail;

@@ -133,9 +133,24 @@ observe(void *arg, outbox_dispatcher_event_t ev, size_t n, const outbox_record_t
         w->claim_started_ms = now_ms();
         set_state(w, OUTBOX_WS_CLAIMING);
         break;
-    case OUTBOX_EV_PUBLISH: set_state(w, OUTBOX_WS_PUBLISHING); break;
+    case OUTBOX_EV_PUBLISH:
+        if (w->slot != NULL) {
+            /* before any message leaves: a crash from here on is counted
+             * against these records */
+            int64_t lo, hi;
+
+            outbox_dispatcher_inflight(w->d, &lo, &hi);
+            atomic_store_explicit(&w->slot->inflight_lo, lo, memory_order_release);
+            atomic_store_explicit(&w->slot->inflight_hi, hi, memory_order_release);
+        }
+        set_state(w, OUTBOX_WS_PUBLISHING);
+        break;
     case OUTBOX_EV_MARKED:
         /* Right after the marks commit, so a kill -9 loses next to nothing. */
+        if (w->slot != NULL) {
+            atomic_store_explicit(&w->slot->inflight_lo, 0, memory_order_release);
+            atomic_store_explicit(&w->slot->inflight_hi, 0, memory_order_release);
+        }
         publish_counters(w);
         if (w->slot != NULL && n > 0)
             outbox_stats_batch(w->slot, n, (uint64_t)(now_ms() - w->claim_started_ms) * 1000);
@@ -180,13 +195,19 @@ connect_all(worker_t *w)
     bool relay = w->spec->role == OUTBOX_ROLE_RELAY;
 
     if (w->store == NULL) {
+        char appname[OUTBOX_PG_APPNAME_MAX + 1];
         outbox_pg_options_t o = {
             .conninfo = w->cfg.db,
             .schema = w->cfg.schema,
             .table = w->cfg.table,
             .statement_timeout_ms = (int)w->cfg.statement_timeout_ms,
             .per_key_order = w->cfg.per_key_order != 0,
+            .delete_delivered = w->cfg.retention_ms == 0,
+            .idle_tx_timeout_ms = (int)w->cfg.max_lock_time_ms,
+            .application_name = appname,
         };
+
+        outbox_pg_appname(w->spec->lock_id, appname);
 
         err[0] = '\0';
         rc = outbox_pg_store_create(&w->store, &o, err, sizeof(err));
@@ -380,13 +401,19 @@ apply_releases(worker_t *w)
     }
     while (w->d != NULL && (nl = memchr(w->rbuf, '\n', w->rlen)) != NULL) {
         uint64_t seq;
+        int64_t lo, hi;
+        char *p;
 
         *nl = '\0';
-        sp = strchr(w->rbuf, ' ');
+        /* "<request seq> <lo> <hi> <lock id>" */
+        seq = strtoull(w->rbuf, &p, 10);
+        lo = strtoll(p, &p, 10);
+        hi = strtoll(p, &p, 10);
+        sp = *p == ' ' && p[1] != '\0' ? p : NULL;
         if (sp != NULL) {
-            seq = strtoull(w->rbuf, NULL, 10);
             freed = parked = 0;
-            if (outbox_dispatcher_release_crashed(w->d, sp + 1, &freed, &parked) != OUTBOX_OK) {
+            if (outbox_dispatcher_release_crashed(w->d, sp + 1, lo, hi, &freed, &parked) !=
+                OUTBOX_OK) {
                 *nl = '\n';
                 report(w, "releasing the locks of a dead worker failed",
                        outbox_dispatcher_last_error(w->d));

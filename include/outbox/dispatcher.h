@@ -118,10 +118,15 @@ int outbox_dispatcher_check_locks(outbox_dispatcher_t *d, int64_t *released);
 int outbox_dispatcher_cleanup(outbox_dispatcher_t *d, int64_t *deleted);
 /* Give back every lock this dispatcher holds (clean stop). */
 int outbox_dispatcher_release(outbox_dispatcher_t *d);
-/* Another relay, lock_id, died: free its records, counting the crash
- * against each (crash_limit). Counted as locks_freed and dead. */
-int outbox_dispatcher_release_crashed(outbox_dispatcher_t *d, const char *lock_id,
-                                      int64_t *released, int64_t *parked);
+/* Another relay, lock_id, died with the records of seqs [lo, hi] in flight
+ * (0, 0: unknown): free its records, counting the crash against each
+ * (crash_limit). Counted as locks_freed and dead. */
+int outbox_dispatcher_release_crashed(outbox_dispatcher_t *d, const char *lock_id, int64_t lo,
+                                      int64_t hi, int64_t *released, int64_t *parked);
+/* The seq range of the batch being published ([0, 0] between batches): a
+ * supervisor keeps it where it outlives the process (stats slot), so the
+ * crash of this relay can be counted against those records. */
+void outbox_dispatcher_inflight(const outbox_dispatcher_t *d, int64_t *lo, int64_t *hi);
 
 /*
  * Run the jobs due at now_ms (monotonic ms). *wait_ms = time until the next

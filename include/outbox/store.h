@@ -35,11 +35,11 @@ typedef struct outbox_store outbox_store_t;
 
 typedef struct outbox_store_ops {
     /* Lock and return up to limit PENDING, unlocked, due (next_attempt_at <=
-     * now()) records, oldest seq first, setting locked_by = lock_id and
-     * locked_on = now(). Never more than limit whatever the plan. A record
-     * with a crash count is returned alone. With per-key ordering, a keyed
-     * record only with every pending record of its key before it. Resets
-     * and fills out. */
+     * now()) records, oldest seq first, for lock_id: the lock lasts until
+     * mark() (or clear_locks_by_lock_id) for this lock id. Never more than
+     * limit whatever the plan. A record with a crash count is returned
+     * alone. With per-key ordering, a keyed record only with every pending
+     * record of its key before it. Resets and fills out. */
     int (*claim)(outbox_store_t *s, const char *lock_id, int limit, outbox_batch_t *out);
     /* Records currently locked by lock_id (any state), oldest first. */
     int (*get_by_lock_id)(outbox_store_t *s, const char *lock_id, outbox_batch_t *out);
@@ -52,13 +52,16 @@ typedef struct outbox_store_ops {
     int (*clear_stale_locks)(outbox_store_t *s, int64_t max_lock_ms, int64_t *released);
     /* Clear every lock held by lock_id (filters on locked_by). */
     int (*clear_locks_by_lock_id)(outbox_store_t *s, const char *lock_id, int64_t *released);
-    /* The relay holding lock_id died (crash, kill): clear its locks and add
-     * one to each of those records' crash count; a record reaching
-     * crash_limit (> 0) becomes dead, last_error "worker died while
-     * processing (N times)". Records with a crash count are claimed alone
-     * (see claim). *parked = records made dead. */
-    int (*release_crashed)(outbox_store_t *s, const char *lock_id, int crash_limit,
-                           int64_t *released, int64_t *parked);
+    /* The relay holding lock_id died (crash, kill) with records of seqs
+     * [lo, hi] in flight (0, 0: none known): free its records and count
+     * the crash: one more against a record that was alone in flight (lo ==
+     * hi), else each becomes a suspect (count at least 1), claimed alone
+     * from then on (see claim). A record reaching crash_limit (> 0)
+     * becomes dead, last_error "worker died while processing (N times)".
+     * Its records are those locked_by lock_id, and of [lo, hi] those
+     * pending that no live relay holds. *parked = records made dead. */
+    int (*release_crashed)(outbox_store_t *s, const char *lock_id, int64_t lo, int64_t hi,
+                           int crash_limit, int64_t *released, int64_t *parked);
     /* Delete at most limit rows: DELIVERED ones processed before now() -
      * retention_ms, and dead ones before now() - dead_retention_ms. A
      * negative retention keeps that kind forever. Never a PENDING row. */
@@ -82,8 +85,8 @@ int outbox_store_mark(outbox_store_t *s, const char *lock_id, const outbox_mark_
 int outbox_store_clear_stale_locks(outbox_store_t *s, int64_t max_lock_ms, int64_t *released);
 int outbox_store_clear_locks_by_lock_id(outbox_store_t *s, const char *lock_id,
                                         int64_t *released);
-int outbox_store_release_crashed(outbox_store_t *s, const char *lock_id, int crash_limit,
-                                 int64_t *released, int64_t *parked);
+int outbox_store_release_crashed(outbox_store_t *s, const char *lock_id, int64_t lo, int64_t hi,
+                                 int crash_limit, int64_t *released, int64_t *parked);
 int outbox_store_purge(outbox_store_t *s, int64_t retention_ms, int64_t dead_retention_ms,
                        int limit, int64_t *deleted);
 void outbox_store_destroy(outbox_store_t *s); /* NULL ok */
@@ -95,7 +98,14 @@ typedef struct outbox_pg_options {
     const char *schema;   /* NULL = "public" */
     const char *table;    /* NULL = "outbox" */
     int statement_timeout_ms; /* 0 = server default */
-    bool per_key_order;       /* claim whole per-key prefixes only (see claim) */
+    bool per_key_order;       /* claim whole per-key prefixes, marked in locked_by (see
+                                 claim); else a claim is the row locks of a transaction
+                                 held open until the mark commits it */
+    bool delete_delivered;    /* a DELIVERED mark deletes the row (retention 0) */
+    int idle_tx_timeout_ms;   /* idle_in_transaction_session_timeout: frees the claim of
+                                 a relay whose host vanished; 0 = server default */
+    const char *application_name; /* NULL: "outboxd" (the keeper finds a dead relay's
+                                     sessions by it; a conninfo setting wins) */
 } outbox_pg_options_t;
 
 /* Connect and check the schema version. The store reconnects by itself on
@@ -137,6 +147,12 @@ bool outbox_pg_waker_armed(const outbox_pg_waker_t *w);
  * check (clear_stale_locks) deletes registrations whose session is gone,
  * and clear_locks_by_lock_id that of the lock id. */
 void outbox_pg_waker_destroy(outbox_pg_waker_t *w);
+
+/* The application_name the relay with lock id lock_id connects with
+ * ("outboxd <lock id>", cut to what PostgreSQL keeps): the keeper ends the
+ * sessions of a relay that died by it. */
+#define OUTBOX_PG_APPNAME_MAX 63
+void outbox_pg_appname(const char *lock_id, char out[OUTBOX_PG_APPNAME_MAX + 1]);
 
 /* Quote an identifier for SQL ("a""b"); returns NULL on NOMEM; caller frees. */
 char *outbox_pg_quote_ident(const char *name);

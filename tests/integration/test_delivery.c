@@ -146,6 +146,16 @@ test_poison_record_is_parked_innocents_delivered(void **state)
                                  poison),
                      1);
     /* innocents: at most the one crash of the shared batch */
+    if (th_query_ll(pg, "SELECT max(crashes) FROM outbox WHERE state = 1") != 1) {
+        PGresult *r = PQexec(pg, "SELECT seq || ' ' || topic || ' crashes ' || crashes FROM "
+                                 "outbox ORDER BY seq");
+        int i;
+
+        pool_dump_log(&c);
+        for (i = 0; i < PQntuples(r); i++)
+            fprintf(stderr, "row %s\n", PQgetvalue(r, i, 0));
+        PQclear(r);
+    }
     assert_int_equal(th_query_ll(pg, "SELECT max(crashes) FROM outbox WHERE state = 1"), 1);
     assert_int_equal(pool_stream_count(&c), 20);
     assert_true(pool_alive(c.sup));

@@ -27,7 +27,7 @@ static int
 setup(void **state)
 {
     fx_t *f = calloc(1, sizeof(*f));
-    outbox_pg_options_t o = {NULL, NULL, NULL, 0, false};
+    outbox_pg_options_t o = {.conninfo = NULL};
     char err[512];
 
     assert_non_null(f);

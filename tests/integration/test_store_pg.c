@@ -28,7 +28,11 @@ typedef struct fx {
 static void
 migrate(const char *ci, const char *schema, const char *table, int want_from)
 {
-    outbox_pg_options_t o = {ci, schema, table, 0, false};
+    outbox_pg_options_t o = {.conninfo = ci,
+                             .schema = schema,
+                             .table = table,
+                             .statement_timeout_ms = 0,
+                             .per_key_order = false};
     char err[512];
     int from = -1, to = -1, rc;
 
@@ -42,7 +46,11 @@ migrate(const char *ci, const char *schema, const char *table, int want_from)
 static outbox_store_t *
 store(const char *ci, const char *schema, const char *table)
 {
-    outbox_pg_options_t o = {ci, schema, table, 5000, false};
+    outbox_pg_options_t o = {.conninfo = ci,
+                             .schema = schema,
+                             .table = table,
+                             .statement_timeout_ms = 5000,
+                             .per_key_order = true};
     outbox_store_t *s = NULL;
     char err[512];
 
@@ -189,7 +197,11 @@ test_migration_script_runs(void **state)
     free(sql);
     th_exec(f->c, "SELECT dba.old_enqueue('a.b', 'k', '{}', 'x'::bytea)");
     {
-        outbox_pg_options_t o = {f->ci, "dba", "old", 0, false};
+        outbox_pg_options_t o = {.conninfo = f->ci,
+                                 .schema = "dba",
+                                 .table = "old",
+                                 .statement_timeout_ms = 0,
+                                 .per_key_order = false};
         char err[512];
 
         assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_SCHEMA);
@@ -212,7 +224,11 @@ static void *
 migrate_thread(void *p)
 {
     mig_arg_t *a = p;
-    outbox_pg_options_t o = {a->ci, "conc", a->table, 0, false};
+    outbox_pg_options_t o = {.conninfo = a->ci,
+                             .schema = "conc",
+                             .table = a->table,
+                             .statement_timeout_ms = 0,
+                             .per_key_order = false};
 
     a->rc = outbox_pg_migrate(&o, NULL, NULL, a->err, sizeof(a->err));
     return NULL;
@@ -254,7 +270,11 @@ static void
 test_create_errors(void **state)
 {
     fx_t *f = *state;
-    outbox_pg_options_t o = {f->ci, "nowhere", NULL, 0, false};
+    outbox_pg_options_t o = {.conninfo = f->ci,
+                             .schema = "nowhere",
+                             .table = NULL,
+                             .statement_timeout_ms = 0,
+                             .per_key_order = false};
     outbox_store_t *s = NULL;
     char err[512], ci[1200];
 
@@ -368,10 +388,33 @@ test_claim_skips(void **state)
 static outbox_store_t *
 ordered_store(const char *ci)
 {
-    outbox_pg_options_t o = {ci, NULL, NULL, 5000, true};
+    outbox_pg_options_t o = {.conninfo = ci,
+                             .schema = NULL,
+                             .table = NULL,
+                             .statement_timeout_ms = 5000,
+                             .per_key_order = true};
     outbox_store_t *s = NULL;
     char err[512];
 
+    if (outbox_pg_store_create(&s, &o, err, sizeof(err)) != OUTBOX_OK)
+        fail_msg("store create: %s", err);
+    return s;
+}
+
+/* A store with the transaction claim (the relay's default kind). */
+static outbox_store_t *
+tx_store(const char *ci, const char *lock_id, bool delete_delivered)
+{
+    char app[OUTBOX_PG_APPNAME_MAX + 1];
+    outbox_pg_options_t o = {.conninfo = ci,
+                             .statement_timeout_ms = 5000,
+                             .delete_delivered = delete_delivered,
+                             .idle_tx_timeout_ms = 60000,
+                             .application_name = app};
+    outbox_store_t *s = NULL;
+    char err[512];
+
+    outbox_pg_appname(lock_id, app);
     if (outbox_pg_store_create(&s, &o, err, sizeof(err)) != OUTBOX_OK)
         fail_msg("store create: %s", err);
     return s;
@@ -449,6 +492,22 @@ test_claim_bound_hostile_plan(void **state)
     assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'ord'"),
                      (long long)f->b.n);
     outbox_store_destroy(s);
+    /* The transaction claim under the same settings row-locks exactly 5:
+     * another claimer gets every other pending row. */
+    th_exec(f->c, "UPDATE outbox SET locked_by = NULL");
+    {
+        outbox_store_t *t1 = tx_store(f->ci, "tx1", false), *t2 = tx_store(f->ci, "tx2", false);
+        outbox_batch_t b2;
+
+        outbox_batch_init(&b2);
+        assert_int_equal(outbox_store_claim(t1, "tx1", 5, &f->b), OUTBOX_OK);
+        assert_int_equal(f->b.n, 5);
+        assert_int_equal(outbox_store_claim(t2, "tx2", 1000, &b2), OUTBOX_OK);
+        assert_int_equal(b2.n, 95);
+        outbox_batch_free(&b2);
+        outbox_store_destroy(t1);
+        outbox_store_destroy(t2);
+    }
 }
 
 /* Topics of the claimed batch, space-separated, into buf. */
@@ -471,14 +530,20 @@ static void
 test_release_crashed_and_suspects_alone(void **state)
 {
     fx_t *f = *state;
-    int64_t freed = -1, parked = -1;
+    int64_t freed = -1, parked = -1, s1, s2;
     char buf[256];
+    int k;
 
     enqueue_n(f->c, 6);
+    s1 = seq_of_topic(f->c, 1);
+    s2 = seq_of_topic(f->c, 2);
     assert_int_equal(outbox_store_claim(f->s, "w1", 4, &f->b), OUTBOX_OK);
     assert_int_equal(f->b.n, 4);
     th_exec(f->c, "UPDATE outbox SET locked_by = 'other', locked_on = now() WHERE topic = 't.5'");
-    assert_int_equal(outbox_store_release_crashed(f->s, "w1", 3, &freed, &parked), OUTBOX_OK);
+    /* a batch: its records become suspects */
+    assert_int_equal(
+        outbox_store_release_crashed(f->s, "w1", s1, seq_of_topic(f->c, 4), 3, &freed, &parked),
+        OUTBOX_OK);
     assert_int_equal(freed, 4);
     assert_int_equal(parked, 0);
     assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE crashes = 1 AND "
@@ -487,31 +552,44 @@ test_release_crashed_and_suspects_alone(void **state)
     assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE crashes > 0 AND "
                                        "topic IN ('t.5','t.6')"),
                      0);
+    /* batch crashes again and again (several relays killed before any
+     * retried alone): still suspects, never nearer the limit */
+    for (k = 0; k < 5; k++) {
+        assert_int_equal(outbox_store_claim(f->s, "wb", 2, &f->b), OUTBOX_OK);
+        th_exec(f->c, "UPDATE outbox SET locked_by = 'wb' WHERE topic IN ('t.3', 't.4')");
+        assert_int_equal(outbox_store_release_crashed(f->s, "wb", seq_of_topic(f->c, 3),
+                                                      seq_of_topic(f->c, 4), 3, &freed, &parked),
+                         OUTBOX_OK);
+        assert_int_equal(parked, 0);
+    }
+    assert_int_equal(th_query_ll(f->c, "SELECT max(crashes) FROM outbox"), 1);
     /* suspects go alone, oldest first; the clean t.6 waits behind them */
     assert_int_equal(outbox_store_claim(f->s, "w2", 10, &f->b), OUTBOX_OK);
     assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "t.1");
     assert_int_equal(f->b.recs[0].crashes, 1);
     assert_int_equal(outbox_store_claim(f->s, "w3", 10, &f->b), OUTBOX_OK);
     assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "t.2");
-    /* w2 dies too, twice more on t.1: dead at the limit, with the reason */
-    assert_int_equal(outbox_store_release_crashed(f->s, "w2", 3, &freed, &parked), OUTBOX_OK);
+    /* t.1 kills its relay alone, twice: dead at the limit, with the reason */
+    assert_int_equal(outbox_store_release_crashed(f->s, "w2", s1, s1, 3, &freed, &parked),
+                     OUTBOX_OK);
     assert_int_equal(freed, 1);
     assert_int_equal(parked, 0);
     assert_int_equal(outbox_store_claim(f->s, "w4", 10, &f->b), OUTBOX_OK);
     assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "t.1");
-    assert_int_equal(outbox_store_release_crashed(f->s, "w4", 3, &freed, &parked), OUTBOX_OK);
+    assert_int_equal(outbox_store_release_crashed(f->s, "w4", s1, s1, 3, &freed, &parked),
+                     OUTBOX_OK);
     assert_int_equal(parked, 1);
     assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE topic = 't.1' AND "
                                        "state = 2 AND crashes = 3 AND processed_on IS NOT NULL "
                                        "AND last_error = 'worker died while processing (3 times)'"),
                      1);
     /* crash limit 0: counted, never parked */
-    assert_int_equal(outbox_store_release_crashed(f->s, "w3", 0, &freed, &parked), OUTBOX_OK);
+    assert_int_equal(outbox_store_release_crashed(f->s, "w3", s2, s2, 0, &freed, &parked),
+                     OUTBOX_OK);
     assert_int_equal(freed, 1);
     assert_int_equal(parked, 0);
     assert_int_equal(th_query_ll(f->c, "SELECT crashes FROM outbox WHERE topic = 't.2'"), 2);
-    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'other'"),
-                     1);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'other'"), 1);
 }
 
 /* Per-key ordering: a keyed record is claimed only together with every
@@ -553,9 +631,144 @@ test_claim_ordered_prefixes(void **state)
     assert_int_equal(outbox_store_claim(s, "w4", 10, &f->b), OUTBOX_OK);
     assert_int_equal(f->b.n, 0);
     /* a suspect heading its key goes alone */
-    assert_int_equal(outbox_store_release_crashed(s, "w3", 3, NULL, NULL), OUTBOX_OK);
+    assert_int_equal(outbox_store_release_crashed(s, "w3", 0, 0, 3, NULL, NULL), OUTBOX_OK);
     assert_int_equal(outbox_store_claim(s, "w5", 10, &f->b), OUTBOX_OK);
     assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "d.1");
+    outbox_store_destroy(s);
+}
+
+/* The transaction claim: the claim is the row locks of an open
+ * transaction, nothing is written to take it; other relays skip the
+ * rows; the mark's statements and COMMIT go in one round trip and apply
+ * every kind; a relay that goes away (destroyed, or its session ended)
+ * leaves its rows free at once. */
+static void
+test_tx_claim_holds_row_locks_until_mark(void **state)
+{
+    fx_t *f = *state;
+    outbox_store_t *a = tx_store(f->ci, "A", false), *b = tx_store(f->ci, "B", false);
+    outbox_batch_t bb;
+    char ids[4][OUTBOX_ID_LEN + 1], buf[256];
+    outbox_mark_t m[4];
+    size_t i;
+
+    outbox_batch_init(&bb);
+    enqueue_n(f->c, 10);
+    assert_int_equal(outbox_store_claim(a, "A", 4, &f->b), OUTBOX_OK);
+    assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "t.1 t.2 t.3 t.4");
+    for (i = 0; i < 4; i++) {
+        memcpy(ids[i], f->b.recs[i].id, sizeof(ids[i]));
+        assert_null(f->b.recs[i].locked_by);
+    }
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by IS NOT NULL"),
+                     0);
+    assert_int_equal(outbox_store_claim(b, "B", 10, &bb), OUTBOX_OK);
+    assert_string_equal(claimed_topics(&bb, buf, sizeof(buf)), "t.5 t.6 t.7 t.8 t.9 t.10");
+    m[0] = (outbox_mark_t){ids[0], OUTBOX_MARK_DELIVERED, 0, 0, NULL};
+    m[1] = (outbox_mark_t){ids[1], OUTBOX_MARK_RETRY, 1, 60000, "nats: timeout"};
+    m[2] = (outbox_mark_t){ids[2], OUTBOX_MARK_DEAD, 1, 0, "too big"};
+    m[3] = (outbox_mark_t){ids[3], OUTBOX_MARK_RELEASE, 0, 0, NULL};
+    assert_int_equal(outbox_store_mark(a, "A", m, 4, NULL), OUTBOX_OK);
+    assert_int_equal(
+        th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE id = '%s' AND state = 1", ids[0]), 1);
+    assert_int_equal(th_query_ll(f->c,
+                                 "SELECT count(*) FROM outbox WHERE id = '%s' AND state = 0 AND "
+                                 "attempts = 1 AND last_error = 'nats: timeout' AND "
+                                 "next_attempt_at - last_attempt_on = interval '60 s'",
+                                 ids[1]),
+                     1);
+    assert_int_equal(th_query_ll(f->c,
+                                 "SELECT count(*) FROM outbox WHERE id = '%s' AND state = 2 AND "
+                                 "last_error = 'too big'",
+                                 ids[2]),
+                     1);
+    /* one transaction for the whole batch */
+    assert_int_equal(th_query_ll(f->c,
+                                 "SELECT count(DISTINCT xmin::text) FROM outbox WHERE id "
+                                 "IN ('%s', '%s', '%s')",
+                                 ids[0], ids[1], ids[2]),
+                     1);
+    /* B goes away without marking: its rows are free at once */
+    outbox_store_destroy(b);
+    assert_int_equal(outbox_store_claim(a, "A", 10, &f->b), OUTBOX_OK);
+    assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "t.4 t.5 t.6 t.7 t.8 t.9 t.10");
+    outbox_store_clear_locks_by_lock_id(a, "A", NULL); /* rolls the claim back */
+    /* empty claims end their transaction without a wait; the next works */
+    th_exec(f->c, "UPDATE outbox SET state = 1 WHERE state = 0");
+    for (i = 0; i < 3; i++) {
+        assert_int_equal(outbox_store_claim(a, "A", 10, &f->b), OUTBOX_OK);
+        assert_int_equal(f->b.n, 0);
+    }
+    enqueue_n(f->c, 1);
+    assert_int_equal(outbox_store_claim(a, "A", 10, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 1);
+    m[0] = (outbox_mark_t){f->b.recs[0].id, OUTBOX_MARK_DELIVERED, 0, 0, NULL};
+    assert_int_equal(outbox_store_mark(a, "A", m, 1, NULL), OUTBOX_OK);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE state = 0"), 0);
+    outbox_batch_free(&bb);
+    outbox_store_destroy(a);
+}
+
+/* A relay that died with a transaction claim: the keeper ends its session
+ * (found by application_name), counts a crash against the rows of its
+ * in-flight seq range that no live relay holds, and frees them. */
+static void
+test_tx_dead_relay_crash_counted(void **state)
+{
+    fx_t *f = *state;
+    outbox_store_t *dead = tx_store(f->ci, "gone-1", false), *live = tx_store(f->ci, "live", false),
+                   *keeper = tx_store(f->ci, "keeper", false);
+    outbox_batch_t lb;
+    int64_t freed = -1, parked = -1, lo, hi;
+    char buf[256];
+
+    outbox_batch_init(&lb);
+    enqueue_n(f->c, 6);
+    assert_int_equal(outbox_store_claim(dead, "gone-1", 3, &f->b), OUTBOX_OK);
+    lo = f->b.recs[0].seq;
+    assert_int_equal(outbox_store_claim(live, "live", 3, &lb), OUTBOX_OK);
+    hi = lb.recs[2].seq; /* a range wider than the dead relay's rows */
+    assert_int_equal(outbox_store_release_crashed(keeper, "gone-1", lo, hi, 3, &freed, &parked),
+                     OUTBOX_OK);
+    assert_int_equal(freed, 3);
+    assert_int_equal(parked, 0);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE crashes = 1 AND topic "
+                                       "IN ('t.1','t.2','t.3')"),
+                     3);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE crashes > 0 AND topic "
+                                       "IN ('t.4','t.5','t.6')"),
+                     0);
+    /* the dead relay's session is gone; a suspect goes alone */
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                       "application_name = 'outboxd gone-1'"),
+                     0);
+    assert_int_equal(outbox_store_claim(keeper, "keeper", 10, &f->b), OUTBOX_OK);
+    assert_string_equal(claimed_topics(&f->b, buf, sizeof(buf)), "t.1");
+    assert_int_equal(f->b.recs[0].crashes, 1);
+    outbox_batch_free(&lb);
+    outbox_store_destroy(dead);
+    outbox_store_destroy(live);
+    outbox_store_destroy(keeper);
+}
+
+/* retention 0: a delivered row is deleted by the mark; the others stay. */
+static void
+test_tx_delete_delivered(void **state)
+{
+    fx_t *f = *state;
+    outbox_store_t *s = tx_store(f->ci, "D", true);
+    outbox_mark_t m[3];
+
+    enqueue_n(f->c, 3);
+    assert_int_equal(outbox_store_claim(s, "D", 3, &f->b), OUTBOX_OK);
+    m[0] = (outbox_mark_t){f->b.recs[0].id, OUTBOX_MARK_DELIVERED, 0, 0, NULL};
+    m[1] = (outbox_mark_t){f->b.recs[1].id, OUTBOX_MARK_RETRY, 1, 1000, "later"};
+    m[2] = (outbox_mark_t){f->b.recs[2].id, OUTBOX_MARK_DELIVERED, 0, 0, NULL};
+    assert_int_equal(outbox_store_mark(s, "D", m, 3, NULL), OUTBOX_OK);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox"), 1);
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE topic = 't.2' AND "
+                                       "state = 0 AND attempts = 1"),
+                     1);
     outbox_store_destroy(s);
 }
 
@@ -573,7 +786,11 @@ static void *
 claim_thread(void *p)
 {
     claimer_t *c = p;
-    outbox_pg_options_t o = {c->ci, NULL, NULL, 5000, false};
+    outbox_pg_options_t o = {.conninfo = c->ci,
+                             .schema = NULL,
+                             .table = NULL,
+                             .statement_timeout_ms = 5000,
+                             .per_key_order = true};
     outbox_store_t *s = NULL;
     outbox_batch_t b;
     size_t i;
@@ -999,6 +1216,9 @@ main(void)
         cmocka_unit_test_setup_teardown(test_concurrent_claims_disjoint, setup, teardown),
         cmocka_unit_test_setup_teardown(test_release_crashed_and_suspects_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_ordered_prefixes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tx_claim_holds_row_locks_until_mark, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tx_dead_relay_crash_counted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tx_delete_delivered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_effects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_delivered_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_lock_rules, setup, teardown),

@@ -777,7 +777,8 @@ test_crash_narrowed_to_the_poison_record(void **state)
     /* relay "r1" claims all three and dies; the keeper releases them */
     assert_int_equal(outbox_store_claim(&f.store->base, "r1", 10, &b), OUTBOX_OK);
     assert_int_equal(b.n, 3);
-    assert_int_equal(outbox_dispatcher_release_crashed(f.d, "r1", &freed, &parked), OUTBOX_OK);
+    assert_int_equal(outbox_dispatcher_release_crashed(f.d, "r1", 1, 3, &freed, &parked),
+                     OUTBOX_OK);
     assert_int_equal(freed, 3);
     assert_int_equal(parked, 0);
     /* suspects alone: "a" first (delivered), then the poison kills r2, r3 */
@@ -791,7 +792,10 @@ test_crash_narrowed_to_the_poison_record(void **state)
         assert_int_equal(outbox_store_claim(&f.store->base, id, 10, &b), OUTBOX_OK);
         assert_int_equal(b.n, 1);
         assert_string_equal(b.recs[0].msg.topic, "poison");
-        assert_int_equal(outbox_dispatcher_release_crashed(f.d, id, &freed, &parked), OUTBOX_OK);
+        /* alone in flight: a full count */
+        assert_int_equal(outbox_dispatcher_release_crashed(f.d, id, b.recs[0].seq, b.recs[0].seq,
+                                                           &freed, &parked),
+                         OUTBOX_OK);
         assert_int_equal(freed, 1);
         assert_int_equal(parked, round == 3 ? 1 : 0);
     }

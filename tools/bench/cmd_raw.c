@@ -1,6 +1,6 @@
 /*
  * raw: this machine's ceiling with no relay logic, in one run:
- *   sql       the relay's claim + mark-delivered statements in a loop
+ *   sql       the relay's claim + mark-delivered (liboutbox's Store) in a loop
  *   nats      JetStream async publish of messages built in memory beforehand
  *   together  claim -> async publish -> wait for PubAcks -> mark, one thread
  * Each step must move every message (PubAcks counted, rows marked) or the
@@ -12,7 +12,6 @@
 
 #include <jansson.h>
 #include <uuid/uuid.h>
-
 #include "bench.h"
 #include "db.h"
 #include "jsadmin.h"
@@ -22,7 +21,6 @@
 #include "util.h"
 
 #define ACK_WAIT_MS 30000
-#define LOCK_ID "outboxbench-raw"
 #define MEM_MAX ((size_t)2 << 30) /* in-memory messages for the nats step */
 #define HDR_MAX 64
 
@@ -34,27 +32,22 @@ typedef struct step {
 
 /* Claim and mark until no row is pending. */
 static int
-step_sql(PGconn *c, long batch, step_t *s)
+step_sql(rawsql_t *c, long batch, step_t *s)
 {
     int64_t t0 = bench_now_us();
-    PGresult *r = NULL;
-    int n;
+    const outbox_batch_t *b;
 
     for (;;) {
         if (bench_stopping())
             return -1;
-        if (rawsql_claim(c, LOCK_ID, batch, &r) != 0)
+        if (rawsql_claim(c, batch, &b) != 0)
             return -1;
-        n = PQntuples(r);
-        if (n > 0 && rawsql_mark(c, r) != 0) {
-            PQclear(r);
-            return -1;
-        }
-        PQclear(r);
-        if (n == 0)
+        if (b->n == 0)
             break;
-        s->msgs += (uint64_t)n;
+        s->msgs += (uint64_t)b->n;
         s->batches++;
+        if (rawsql_mark(c) != 0)
+            return -1;
     }
     s->seconds = (double)(bench_now_us() - t0) / 1e6;
     return 0;
@@ -137,61 +130,44 @@ done:
     return rc;
 }
 
-/* Publish every row of a claim result (headers parsed from binary jsonb:
- * a version byte, then the JSON text). */
+/* Publish every record of a claimed batch. */
 static int
-publish_rows(jspub_t *p, const PGresult *r)
+publish_rows(jspub_t *p, const outbox_batch_t *b)
 {
     const char *hn[HDR_MAX], *hv[HDR_MAX];
-    int n = PQntuples(r), i;
+    size_t i, k;
 
-    for (i = 0; i < n; i++) {
-        const char *h = PQgetvalue(r, i, RAW_C_HEADERS);
-        int hlen = PQgetlength(r, i, RAW_C_HEADERS), nh = 0, rc;
-        json_t *o = NULL, *v;
-        const char *name;
-        char id[37];
+    for (i = 0; i < b->n; i++) {
+        const outbox_record_t *r = &b->recs[i];
         jspub_msg_t msg;
+        int nh = 0;
 
-        if (hlen >= 1 && h[0] == 1)
-            o = json_loadb(h + 1, (size_t)hlen - 1, 0, NULL);
-        if (o == NULL || !json_is_object(o)) {
-            bench_err("raw: row %d has unreadable headers", i);
-            json_decref(o);
-            return -1;
+        for (k = 0; k < r->msg.nheaders && nh < HDR_MAX; k++, nh++) {
+            hn[nh] = r->msg.headers[k].name;
+            hv[nh] = r->msg.headers[k].value;
         }
-        json_object_foreach(o, name, v)
-        {
-            if (nh < HDR_MAX && json_is_string(v)) {
-                hn[nh] = name;
-                hv[nh++] = json_string_value(v);
-            }
-        }
-        rawsql_id(r, i, id);
         memset(&msg, 0, sizeof(msg));
-        msg.subject = PQgetvalue(r, i, RAW_C_TOPIC);
-        msg.id = id;
-        msg.key = PQgetisnull(r, i, RAW_C_KEY) ? NULL : PQgetvalue(r, i, RAW_C_KEY);
+        msg.subject = r->msg.topic;
+        msg.id = r->id;
+        msg.key = r->msg.key;
         msg.hnames = hn;
         msg.hvalues = hv;
         msg.nheaders = nh;
-        msg.body = PQgetvalue(r, i, RAW_C_BODY);
-        msg.body_len = (size_t)PQgetlength(r, i, RAW_C_BODY);
-        rc = jspub_send(p, &msg);
-        json_decref(o);
-        if (rc != 0)
+        msg.body = r->msg.body;
+        msg.body_len = r->msg.body_len;
+        if (jspub_send(p, &msg) != 0)
             return -1;
     }
     return 0;
 }
 
 static int
-step_together(PGconn *c, const char *url, long batch, step_t *s)
+step_together(rawsql_t *c, const char *url, long batch, step_t *s)
 {
+    const outbox_batch_t *b;
     jspub_t *p = NULL;
-    PGresult *r = NULL;
     int64_t t0;
-    int n, rc = -1;
+    int rc = -1;
 
     if (jspub_open(&p, url, batch) != 0)
         return -1;
@@ -199,22 +175,18 @@ step_together(PGconn *c, const char *url, long batch, step_t *s)
     for (;;) {
         if (bench_stopping())
             goto done;
-        if (rawsql_claim(c, LOCK_ID, batch, &r) != 0)
+        if (rawsql_claim(c, batch, &b) != 0)
             goto done;
-        if ((n = PQntuples(r)) == 0)
+        if (b->n == 0)
             break;
-        if (publish_rows(p, r) != 0 || jspub_complete(p, ACK_WAIT_MS) != 0 ||
-            rawsql_mark(c, r) != 0)
-            goto done;
-        PQclear(r);
-        r = NULL;
-        s->msgs += (uint64_t)n;
+        s->msgs += (uint64_t)b->n;
         s->batches++;
+        if (publish_rows(p, b) != 0 || jspub_complete(p, ACK_WAIT_MS) != 0 || rawsql_mark(c) != 0)
+            goto done;
     }
     s->seconds = (double)(bench_now_us() - t0) / 1e6;
     rc = 0;
 done:
-    PQclear(r);
     jspub_close(p);
     return rc;
 }
@@ -244,7 +216,8 @@ cmd_raw(bench_t *b, const bench_opts_t *o, json_t *doc)
     step_t sql = {"sql: claim + mark", 0, 0, 0}, nats = {"nats: js async publish", 0, 0, 0},
            both = {"claim + publish + mark", 0, 0, 0};
     bench_stream_t st;
-    PGconn *admin = NULL, *c = NULL;
+    PGconn *admin = NULL;
+    rawsql_t *c = NULL;
     report_table_t *t = NULL;
     json_t *rows = json_array();
     jsadm_t *js = NULL;
@@ -257,7 +230,7 @@ cmd_raw(bench_t *b, const bench_opts_t *o, json_t *doc)
         goto done;
     if ((admin = db_connect(b->db, "raw admin")) == NULL ||
         (qtable = db_qtable(admin, b->schema)) == NULL ||
-        (c = db_connect(b->db, "raw claim/mark")) == NULL || rawsql_prepare(c, qtable) != 0)
+        rawsql_open(&c, b->db, b->schema, o->delete_delivered) != 0)
         goto done;
     if (db_empty(admin, qtable) != 0 ||
         db_preload(admin, qtable, st.topic, 0, o->messages, o->body_size, o->headers) != 0 ||
@@ -304,7 +277,7 @@ cmd_raw(bench_t *b, const bench_opts_t *o, json_t *doc)
     add_step(t, rows, &sql);
     add_step(t, rows, &nats);
     add_step(t, rows, &both);
-    report_note(t, "single thread each; the claim and mark SQL is src/store_pg.c's; "
+    report_note(t, "single thread each; claim and mark are liboutbox's PostgreSQL Store; "
                    "nats waits for every PubAck of a batch (js_PublishAsyncComplete)");
     report_table_print(t, stdout);
     json_object_set_new(doc, "results", rows);
@@ -316,7 +289,7 @@ done:
     report_table_free(t);
     json_decref(rows);
     free(qtable);
-    PQfinish(c);
+    rawsql_close(c);
     PQfinish(admin);
     return rc;
 }

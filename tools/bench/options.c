@@ -33,6 +33,7 @@ enum {
     O_API,
     O_RATE,
     O_JITTER,
+    O_DELETE_DELIVERED,
     O_GRACE,
     O_WORKERS,
     O_RELAY_ARG,
@@ -62,6 +63,7 @@ static const struct option longopts[] = {
     {"api", required_argument, NULL, O_API},
     {"rate", required_argument, NULL, O_RATE},
     {"jitter", no_argument, NULL, O_JITTER},
+    {"delete-delivered", no_argument, NULL, O_DELETE_DELIVERED},
     {"grace", required_argument, NULL, O_GRACE},
     {"workers", required_argument, NULL, O_WORKERS},
     {"relay-arg", required_argument, NULL, O_RELAY_ARG},
@@ -92,6 +94,7 @@ static const int applies[O_END - O_DB] = {
     [O_API - O_DB] = LOAD,
     [O_RATE - O_DB] = BENCH_STEADY,
     [O_JITTER - O_DB] = BENCH_STEADY,
+    [O_DELETE_DELIVERED - O_DB] = RELAY | BENCH_RAW,
     [O_GRACE - O_DB] = BENCH_STEADY,
     [O_WORKERS - O_DB] = RELAY,
     [O_RELAY_ARG - O_DB] = RELAY | BENCH_PRODUCER,
@@ -152,6 +155,7 @@ bench_usage(FILE *out)
         "  --nats-mode jetstream|core   relay mode (drain counts with a subscription in core)\n"
         "  --batch-size N         outboxd --batch-size\n"
         "  --relay-arg \"--key value\"  passed to outboxd run, repeatable\n"
+        "  --delete-delivered     relay with retention 0 (a delivered row is deleted); raw too\n"
         "\n"
         "--smoke    every command in a few seconds with tiny sizes; exit 0 only if all sane\n"
         "\n"
@@ -336,6 +340,7 @@ bench_options_parse(int argc, char **argv, bench_opts_t *o)
                 return -1;
             break;
         case O_JITTER: o->jitter = 1; break;
+        case O_DELETE_DELIVERED: o->delete_delivered = 1; break;
         case O_GRACE:
             if (bench_parse_double(optarg, "--grace", 0, 600, &o->grace) != 0)
                 return -1;

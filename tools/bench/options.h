@@ -47,6 +47,7 @@ typedef struct bench_opts {
     int nats_core;
     long relay_batch; /* --batch-size: raw's claim size; passed to outboxd for steady/drain */
     int relay_batch_set;
+    int delete_delivered; /* --delete-delivered: relay --retention 0, raw deletes */
     /* drain / raw */
     long messages;
     double timeout;

@@ -1,26 +1,24 @@
 /*
- * The relay's claim and mark-delivered statements, copied in shape from
- * src/store_pg.c (S_CLAIM, S_DELIVERED), on a connection of our own: the
- * SQL ceiling of one relay with none of its logic around it. Results are
- * read in binary, as the relay reads them.
+ * The relay's own claim and mark-delivered, through liboutbox's PostgreSQL
+ * Store (the very statements and round trips of src/store_pg.c), with none
+ * of the dispatcher's logic around them: the SQL ceiling of one relay.
  */
 #ifndef BENCH_RAWSQL_H
 #define BENCH_RAWSQL_H
 
-#include <libpq-fe.h>
+#include <stdbool.h>
 
-/* Column positions of a claim result (the relay's COLS). */
-enum { RAW_C_ID, RAW_C_SEQ, RAW_C_TOPIC, RAW_C_KEY, RAW_C_HEADERS, RAW_C_BODY, RAW_C_NCOLS = 14 };
+#include "outbox/store.h"
 
-/* Prepare both statements for qtable; 0 or -1. */
-int rawsql_prepare(PGconn *c, const char *qtable);
-/* Claim up to limit rows for lock_id; *out is the result (rows may be 0),
- * caller PQclear()s it. 0 or -1. */
-int rawsql_claim(PGconn *c, const char *lock_id, long limit, PGresult **out);
-/* Mark every row of a claim result delivered; 0 or -1 (also when fewer
- * rows changed than were claimed). */
-int rawsql_mark(PGconn *c, const PGresult *claimed);
-/* The textual uuid of row i of a claim result (binary id). */
-void rawsql_id(const PGresult *claimed, int i, char out[37]);
+typedef struct rawsql rawsql_t;
+
+/* A store on schema.outbox; delete_delivered as the relay's retention 0.
+ * 0 or -1 (error printed). */
+int rawsql_open(rawsql_t **out, const char *conninfo, const char *schema, bool delete_delivered);
+void rawsql_close(rawsql_t *r); /* NULL ok */
+/* Claim up to limit records; *batch is valid until the next call. 0 or -1. */
+int rawsql_claim(rawsql_t *r, long limit, const outbox_batch_t **batch);
+/* Mark every record of the last claim delivered (commits the claim). 0 or -1. */
+int rawsql_mark(rawsql_t *r);
 
 #endif

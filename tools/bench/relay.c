@@ -169,6 +169,10 @@ relay_start(bench_t *b, relay_t *r, int workers, int core, const char *const *ex
         argv[n++] = "--batch-size";
         argv[n++] = nb;
     }
+    if (o->delete_delivered) {
+        argv[n++] = "--retention";
+        argv[n++] = "0";
+    }
     for (i = 0; i < o->nrelay_args; i++)
         argv[n++] = (char *)o->relay_args[i];
     argv[n] = NULL;
