@@ -352,11 +352,17 @@ on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
         outbox_pub_result_t *r = &nb->res[slot->idx];
         const char *subj = natsMsg_GetSubject(msg);
 
-        if (pa != NULL) {
+        if (pa != NULL && (pa->Stream == NULL || pa->Stream[0] == '\0'))
+            /* any service answering on the subject would look like a
+             * PubAck; only a stream's says which stream stored it */
+            set_res(r, OUTBOX_PUB_TRANSIENT, false,
+                    "the reply on subject '%.150s' is not a JetStream PubAck (no stream): "
+                    "something other than a stream answers there",
+                    subj);
+        else if (pa != NULL) {
             set_res(r, OUTBOX_PUB_OK, pa->Duplicate, NULL);
             note_stream(nb, pa->Stream);
-        }
-        else if (pae == NULL)
+        } else if (pae == NULL)
             set_res(r, OUTBOX_PUB_TRANSIENT, false, "PubAck missing");
         else if (pae->Err == NATS_NO_RESPONDERS)
             set_res(r, OUTBOX_PUB_TRANSIENT, false,

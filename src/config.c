@@ -11,10 +11,12 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include "config.h"
 #include "log.h"
+#include "outbox/store.h"
 #include "stats.h"
 
 typedef enum { T_STR, T_INT, T_DUR, T_DUR_NEVER, T_DBL, T_ENUM } key_type_t;
@@ -190,7 +192,7 @@ set_key(outbox_config_t *cfg, const cfg_key_t *k, const char *value, char *err, 
     case T_INT:
         errno = 0;
         iv = strtoll(value, &end, 10);
-        if (end == value || *end != '\0' || errno != 0) {
+        if (end == value || *end != '\0' || errno != 0 || isspace((unsigned char)value[0])) {
             snprintf(err, errlen, "%s: \"%s\" is not a whole number", k->name, value);
             return OUTBOX_ERR_CONFIG;
         }
@@ -218,7 +220,8 @@ set_key(outbox_config_t *cfg, const cfg_key_t *k, const char *value, char *err, 
     case T_DBL:
         errno = 0;
         dv = strtod(value, &end);
-        if (end == value || *end != '\0' || errno != 0 || dv != dv) {
+        if (end == value || *end != '\0' || errno != 0 || dv != dv ||
+            isspace((unsigned char)value[0])) {
             snprintf(err, errlen, "%s: \"%s\" is not a number", k->name, value);
             return OUTBOX_ERR_CONFIG;
         }
@@ -471,6 +474,10 @@ check_nats_urls(const char *list, char *err, size_t errlen)
             return -1;
         }
         port = host[0] == '[' ? strstr(host, "]:") : strrchr(host, ':');
+        if (port == host || (host[0] == '[' && host[1] == ']')) {
+            snprintf(err, errlen, "nats_url: \"%s\" has no host", shown);
+            return -1;
+        }
         if (port != NULL) {
             char *pe;
 
@@ -487,6 +494,33 @@ check_nats_urls(const char *list, char *err, size_t errlen)
             snprintf(err, errlen, "nats_url: the list ends with a comma");
             return -1;
         }
+    }
+    return 0;
+}
+
+/* A file the daemon writes: its directory must exist and be writable (and
+ * the file too, if it is there), so the mistake shows before any start. */
+static int
+check_file_dir(const char *key, const char *path, char *err, size_t errlen)
+{
+    char dir[1024], *slash;
+    struct stat st;
+
+    if (path[0] == '\0')
+        return 0;
+    snprintf(dir, sizeof(dir), "%s", path);
+    slash = strrchr(dir, '/');
+    if (slash == NULL)
+        snprintf(dir, sizeof(dir), ".");
+    else
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "%s: directory %s does not exist", key, dir);
+        return -1;
+    }
+    if (access(dir, W_OK) != 0 || (access(path, F_OK) == 0 && access(path, W_OK) != 0)) {
+        snprintf(err, errlen, "%s: %s is not writable", key, path);
+        return -1;
     }
     return 0;
 }
@@ -553,20 +587,11 @@ outbox_config_validate(const outbox_config_t *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "stats_group: no group \"%s\"", cfg->stats_group);
         return OUTBOX_ERR_CONFIG;
     }
-    if (cfg->pid_file[0] != '\0') {
-        char dir[1024], *slash;
-        struct stat st;
-
-        snprintf(dir, sizeof(dir), "%s", cfg->pid_file);
-        slash = strrchr(dir, '/');
-        if (slash != NULL) {
-            *(slash == dir ? slash + 1 : slash) = '\0';
-            if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-                snprintf(err, errlen, "pid_file: directory %s does not exist", dir);
-                return OUTBOX_ERR_CONFIG;
-            }
-        }
-    }
+    if (check_file_dir("pid_file", cfg->pid_file, err, errlen) != 0 ||
+        check_file_dir("log_file", cfg->log_file, err, errlen) != 0)
+        return OUTBOX_ERR_CONFIG;
+    if (outbox_pg_check_conninfo(cfg->db, err, errlen) != OUTBOX_OK)
+        return OUTBOX_ERR_CONFIG;
     outbox_config_dispatcher_settings(cfg, &s);
     if (outbox_dispatcher_settings_validate(&s, err, errlen) != OUTBOX_OK)
         return OUTBOX_ERR_CONFIG;

@@ -82,7 +82,7 @@ int outbox_config_validate(const outbox_config_t *cfg, char *err, size_t errlen)
 const char *outbox_config_flag_key(const char *flag);
 /* Does the key take a value? (all do; kept for flag parsing symmetry) */
 
-void outbox_config_usage(FILE *out); /* every key: default, unit, env, help */
+void outbox_config_usage(FILE *out);          /* every key: default, unit, env, help */
 const char *outbox_config_key_name(size_t i); /* i-th key of the table, NULL past the end */
 void outbox_config_dump(const outbox_config_t *cfg, FILE *out); /* effective, secrets masked */
 

@@ -37,6 +37,7 @@ struct outbox_dispatcher {
     int64_t last_gap; /* delay chosen after the last pass */
     int errors;       /* consecutive failed process passes, for backoff */
     int lc_errors;    /* consecutive failed lock checks (the keeper has no process job) */
+    int cl_errors;    /* consecutive failed cleanups */
 
     outbox_batch_t batch;
     outbox_pub_result_t *res;
@@ -673,6 +674,7 @@ outbox_dispatcher_tick(outbox_dispatcher_t *d, int64_t now, int64_t *wait_ms)
     if (d->run_cleanup && now >= d->next_cleanup) {
         n = 0;
         rc = outbox_dispatcher_cleanup(d, &n);
+        d->cl_errors = rc == OUTBOX_OK ? 0 : d->cl_errors + 1;
         if (rc != OUTBOX_OK)
             d->next_cleanup = now + ERR_BACKOFF_MAX_MS;
         else if (n >= d->s.cleanup_batch)
@@ -697,6 +699,12 @@ void
 outbox_dispatcher_wake(outbox_dispatcher_t *d)
 {
     d->next_process = INT64_MIN;
+}
+
+bool
+outbox_dispatcher_failing(const outbox_dispatcher_t *d)
+{
+    return d->errors > 0 || d->lc_errors > 0 || d->cl_errors > 0;
 }
 
 bool

@@ -113,7 +113,7 @@ usage(FILE *out)
 static int
 parse_cli(int argc, char **argv, cli_t *c)
 {
-    int i;
+    int i, k;
 
     memset(c, 0, sizeof(*c));
     for (i = 1; i < argc; i++) {
@@ -157,6 +157,10 @@ parse_cli(int argc, char **argv, cli_t *c)
         if (eq != NULL)
             *eq = '=';
         if (dst != NULL) {
+            if (*dst != NULL) {
+                fprintf(stderr, "outboxd: %s given twice\n", a);
+                return -1;
+            }
             if ((eq = strchr(a, '=')) != NULL && a[1] == '-')
                 *dst = eq + 1;
             else if (i + 1 < argc)
@@ -190,6 +194,11 @@ parse_cli(int argc, char **argv, cli_t *c)
             fprintf(stderr, "outboxd: too many options\n");
             return -1;
         }
+        for (k = 0; k < c->nset; k++)
+            if (strcmp(c->set_keys[k], key) == 0) {
+                fprintf(stderr, "outboxd: %s given twice\n", a);
+                return -1;
+            }
         c->set_keys[c->nset] = (char *)key;
         c->set_values[c->nset++] = val;
     }
@@ -218,34 +227,43 @@ reload_cb(outbox_config_t *out, char *err, size_t errlen, void *arg)
                               errlen);
 }
 
-/* "default", or the config file's name without directory and ".conf". */
-static void
+/* instance, else the config file's name without directory and ".conf",
+ * else "default". -1 (reason printed) when the file's name cannot name
+ * one: two instances must never end up sharing "default" by accident. */
+static int
 derive_instance(const cli_t *c, const outbox_config_t *cfg, char *buf, size_t len)
 {
-    const char *base, *dot;
+    const char *base;
     size_t n, i;
 
     if (cfg->instance[0] != '\0') {
         snprintf(buf, len, "%s", cfg->instance);
-        return;
+        return 0;
     }
     snprintf(buf, len, "default");
     if (c->config_file == NULL)
-        return;
+        return 0;
     base = strrchr(c->config_file, '/');
     base = base ? base + 1 : c->config_file;
-    dot = strrchr(base, '.');
-    n = dot && dot != base ? (size_t)(dot - base) : strlen(base);
-    if (n == 0 || n >= len || n >= OUTBOX_STATS_NAME_MAX)
-        return;
+    n = strlen(base);
+    if (n > 5 && strcmp(base + n - 5, ".conf") == 0)
+        n -= 5;
     for (i = 0; i < n; i++) {
         char ch = base[i];
 
         if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
               ch == '.' || ch == '_' || ch == '-'))
-            return;
+            break;
+    }
+    if (n == 0 || i < n || n >= len || n >= OUTBOX_STATS_NAME_MAX) {
+        fprintf(stderr,
+                "outboxd: cannot name the instance after the configuration file \"%s\" (1 to "
+                "%d of A-Z a-z 0-9 . _ -): set instance = NAME in it\n",
+                base, OUTBOX_STATS_NAME_MAX - 1);
+        return -1;
     }
     snprintf(buf, len, "%.*s", (int)n, base);
+    return 0;
 }
 
 static int
@@ -277,7 +295,8 @@ cmd_run(const cli_t *c, outbox_config_t *cfg)
         return 1;
     }
     exe[n] = '\0';
-    derive_instance(c, cfg, instance, sizeof(instance));
+    if (derive_instance(c, cfg, instance, sizeof(instance)) != 0)
+        return EXIT_USAGE;
     memset(&spec, 0, sizeof(spec));
     spec.exe = exe;
     spec.cfg = cfg;
@@ -427,8 +446,12 @@ cmd_stream(const cli_t *c, outbox_config_t *cfg)
     if (c->nargs == 4 && (strcmp(c->args[1], "add") == 0 || strcmp(c->args[1], "update") == 0)) {
         int update = strcmp(c->args[1], "update") == 0;
 
-        if (c->dupwin != NULL && outbox_parse_duration(c->dupwin, false, &dup_ms) != 0) {
-            fprintf(stderr, "outboxd: --duplicate-window: \"%s\" is not a duration\n", c->dupwin);
+        if (c->dupwin != NULL &&
+            (outbox_parse_duration(c->dupwin, false, &dup_ms) != 0 || dup_ms < 1000)) {
+            fprintf(stderr,
+                    "outboxd: --duplicate-window: \"%s\" is not a duration of 1s or more (leave "
+                    "it out for the server's default of 2m)\n",
+                    c->dupwin);
             return EXIT_USAGE;
         }
         rc = update
@@ -449,6 +472,34 @@ cmd_stream(const cli_t *c, outbox_config_t *cfg)
         fprintf(stderr, "outboxd: stream %s: %s\n", c->args[1], err);
         return rc == OUTBOX_ERR_CONFIG || rc == OUTBOX_ERR_INVALID ? EXIT_USAGE : 1;
     }
+    return 0;
+}
+
+/* The effective configuration, derived values included (the instance
+ * name, the host name as machine_id). */
+static int
+cmd_config(const cli_t *c, outbox_config_t *cfg)
+{
+    char instance[OUTBOX_STATS_NAME_MAX], host[256];
+
+    if (c->nargs != 1) {
+        fprintf(stderr, "outboxd: config takes no arguments\n");
+        return EXIT_USAGE;
+    }
+    if (derive_instance(c, cfg, instance, sizeof(instance)) != 0)
+        return EXIT_USAGE;
+    if (cfg->machine_id[0] == '\0' && gethostname(host, sizeof(host)) == 0) {
+        host[sizeof(host) - 1] = '\0';
+        free(cfg->machine_id);
+        cfg->machine_id = strdup(host);
+    }
+    free(cfg->instance);
+    cfg->instance = strdup(instance);
+    if (cfg->instance == NULL || cfg->machine_id == NULL) {
+        fprintf(stderr, "outboxd: out of memory\n");
+        return 1;
+    }
+    outbox_config_dump(cfg, stdout);
     return 0;
 }
 
@@ -520,8 +571,7 @@ main(int argc, char **argv)
     } else if (strcmp(c.args[0], "dead") == 0) {
         code = cmd_dead(&c, &cfg);
     } else if (strcmp(c.args[0], "config") == 0) {
-        outbox_config_dump(&cfg, stdout);
-        code = 0;
+        code = cmd_config(&c, &cfg);
     } else {
         fprintf(stderr, "outboxd: unknown command \"%s\" (see --help)\n", c.args[0]);
         code = EXIT_USAGE;

@@ -149,7 +149,8 @@ static const char migration1[] =
  * @channel@ is derived from schema and table (outbox_pg_channel()).
  */
 static const char migration2[] =
-    "ALTER TABLE @table@ ADD COLUMN crashes integer NOT NULL DEFAULT 0;\n"
+    "ALTER TABLE @table@ ADD COLUMN crashes integer NOT NULL DEFAULT 0,\n"
+    "  ALTER COLUMN id SET DEFAULT gen_random_uuid();\n"
     "CREATE INDEX @n:_key_pending@ ON @table@ (msg_key, seq)\n"
     "  WHERE state = 0 AND msg_key IS NOT NULL;\n"
     "CREATE UNLOGGED TABLE @q:_listeners@ (\n"
@@ -166,7 +167,9 @@ static const char migration2[] =
     "  IF TG_OP = 'INSERT' OR NEW.topic IS DISTINCT FROM OLD.topic\n"
     "     OR NEW.msg_key IS DISTINCT FROM OLD.msg_key OR NEW.headers IS DISTINCT FROM OLD.headers\n"
     "  THEN\n"
-    "    problem := @q:_invalid@(NEW.topic, NEW.msg_key, NEW.headers);\n"
+    "    problem := CASE WHEN left(NEW.topic, 1) = '$' THEN format('topic %L begins with $ '\n"
+    "      '(reserved for NATS system and JetStream API subjects)', NEW.topic)\n"
+    "      ELSE @q:_invalid@(NEW.topic, NEW.msg_key, NEW.headers) END;\n"
     "    IF problem IS NOT NULL THEN\n"
     "      RAISE EXCEPTION 'outbox: %', problem USING ERRCODE = 'check_violation';\n"
     "    END IF;\n"

@@ -148,6 +148,36 @@ outbox_pg_channel(const char *schema, const char *table, char out[OUTBOX_PG_CHAN
     snprintf(out, OUTBOX_PG_CHANNEL_LEN + 1, "outbox_%016llx", (unsigned long long)h);
 }
 
+int
+outbox_pg_check_conninfo(const char *conninfo, char *err, size_t errlen)
+{
+    PQconninfoOption *opts, *o;
+    char *perr = NULL;
+
+    if (conninfo == NULL || conninfo[0] == '\0')
+        return OUTBOX_OK;
+    /* libpq's message may quote part of the string (a password): not shown */
+    if ((opts = PQconninfoParse(conninfo, &perr)) == NULL) {
+        PQfreemem(perr);
+        snprintf(err, errlen, "db: not a valid libpq connection string or URI");
+        return OUTBOX_ERR_CONFIG;
+    }
+    for (o = opts; o->keyword != NULL; o++) {
+        /* the value checks libpq makes before connecting */
+        if (o->val == NULL)
+            continue;
+        if ((strcmp(o->keyword, "sslmode") == 0 &&
+             strstr(",disable,allow,prefer,require,verify-ca,verify-full,", o->val) == NULL) ||
+            (strcmp(o->keyword, "port") == 0 && strspn(o->val, "0123456789,") != strlen(o->val))) {
+            snprintf(err, errlen, "db: invalid %s value", o->keyword);
+            PQconninfoFree(opts);
+            return OUTBOX_ERR_CONFIG;
+        }
+    }
+    PQconninfoFree(opts);
+    return OUTBOX_OK;
+}
+
 void
 outbox_pg_appname(const char *lock_id, char out[OUTBOX_PG_APPNAME_MAX + 1])
 {

@@ -650,6 +650,8 @@ end_rolling(sup_t *s)
             s->procs[i].gen = s->gen;
     s->rolling = false;
     s->roll_new = s->roll_old = -1;
+    if (s->phase == RUNNING) /* not "rolling" forever after an abort */
+        atomic_store_explicit(&s->r->hdr.sup_state, 0, memory_order_relaxed);
     if (s->have_prev) {
         outbox_config_free(&s->prev_cfg);
         s->have_prev = false;
@@ -674,6 +676,8 @@ abort_rolling(sup_t *s, const char *why)
     if (slot >= 0 && s->procs[slot].pid != 0)
         send_stop(s, slot, true);
     if (s->have_prev) {
+        /* the new configuration did not take: a failed reload */
+        atomic_fetch_add_explicit(&s->r->hdr.sup.reload_errors, 1, memory_order_relaxed);
         outbox_config_free(&s->cfg);
         s->cfg = s->prev_cfg;
         s->have_prev = false;
@@ -753,7 +757,8 @@ drive_rolling(sup_t *s)
     if (old < 0) {
         log_info("rolling restart done: every worker runs generation %" PRIu64, s->gen);
         atomic_fetch_add_explicit(&s->r->hdr.sup.restarts, 1, memory_order_relaxed);
-        atomic_store_explicit(&s->r->hdr.sup_state, 0, memory_order_relaxed);
+        if (s->have_prev) /* a reload is applied once every worker runs it */
+            atomic_fetch_add_explicit(&s->r->hdr.sup.reloads, 1, memory_order_relaxed);
         end_rolling(s);
         return;
     }
@@ -809,8 +814,8 @@ reload(sup_t *s)
     if (strcmp(n.log_file, s->cfg.log_file) != 0 &&
         outbox_log_open((int)n.log_level, n.log_file, NULL) != 0)
         log_error("log file %s: cannot open, logging to stderr", n.log_file);
-    atomic_fetch_add_explicit(&s->r->hdr.sup.reloads, 1, memory_order_relaxed);
-    log_info("configuration reloaded (%lld workers)", (long long)n.workers);
+    log_info("configuration reloaded (%lld workers): applying it by a rolling restart",
+             (long long)n.workers);
     start_rolling(s, &n);
 }
 
@@ -895,11 +900,15 @@ handle_signals(sup_t *s)
     }
     if ((f & OUTBOX_SIG_MORE) && s->target < OUTBOX_STATS_MAX_WORKERS) {
         s->target++;
-        log_info("SIGTTIN: %u workers", s->target);
+        log_info("SIGTTIN: %u worker%s", s->target, s->target == 1 ? "" : "s");
+    } else if (f & OUTBOX_SIG_MORE) {
+        log_warn("SIGTTIN ignored: already at the most workers (%d)", OUTBOX_STATS_MAX_WORKERS);
     }
     if ((f & OUTBOX_SIG_FEWER) && s->target > 1) {
         s->target--;
-        log_info("SIGTTOU: %u workers", s->target);
+        log_info("SIGTTOU: %u worker%s", s->target, s->target == 1 ? "" : "s");
+    } else if (f & OUTBOX_SIG_FEWER) {
+        log_warn("SIGTTOU ignored: already at one worker, the fewest");
     }
     return true;
 }
@@ -970,8 +979,9 @@ outbox_supervisor_run(const outbox_supervisor_spec_t *spec)
         goto done;
     }
     log_info("supervisor of instance \"%s\" (stats /outbox-%s, generation %" PRIu64
-             "): %u workers + keeper",
-             spec->instance, spec->instance, s->r->hdr.generation, s->target);
+             "): %u worker%s + keeper",
+             spec->instance, spec->instance, s->r->hdr.generation, s->target,
+             s->target == 1 ? "" : "s");
     pfd.fd = outbox_signals_fd();
     pfd.events = POLLIN;
     while (s->phase != STOPPED) {

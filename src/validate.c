@@ -79,6 +79,10 @@ subject_problem(const char *subject)
     }
     if (!utf8_valid((const unsigned char *)subject, len))
         return "is not valid UTF-8";
+    /* $JS.API.STREAM.DELETE.x and the like: a "message" there would be a
+     * JetStream or system request, and its reply taken for a PubAck */
+    if (subject[0] == '$')
+        return "begins with '$' (reserved for NATS system and JetStream API subjects)";
     for (p = (const unsigned char *)subject;; p++) {
         if (*p != '.' && *p != '\0') {
             toklen++;

@@ -60,7 +60,33 @@ now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Log a failure once, again only if it changes or keeps going for long. */
+/* a and b equal but for their numbers ("185 of 185 records", ports...) */
+static bool
+same_shape(const char *a, const char *b)
+{
+    for (;;) {
+        bool da = *a >= '0' && *a <= '9', db = *b >= '0' && *b <= '9';
+
+        if (da != db)
+            return false;
+        if (da) {
+            while (*a >= '0' && *a <= '9')
+                a++;
+            while (*b >= '0' && *b <= '9')
+                b++;
+            continue;
+        }
+        if (*a != *b)
+            return false;
+        if (*a == '\0')
+            return true;
+        a++;
+        b++;
+    }
+}
+
+/* Log a failure once, again only if it changes (numbers aside) or keeps
+ * going for long. */
 static void
 report(worker_t *w, const char *what, const char *why)
 {
@@ -68,7 +94,7 @@ report(worker_t *w, const char *what, const char *why)
     int64_t t = now_ms();
 
     snprintf(line, sizeof(line), "%s: %s", what, why);
-    if (strcmp(line, w->last_err) == 0 && t - w->last_err_at < REPEAT_LOG_MS)
+    if (same_shape(line, w->last_err) && t - w->last_err_at < REPEAT_LOG_MS)
         return;
     log_warn("%s", line);
     snprintf(w->last_err, sizeof(w->last_err), "%s", line);
@@ -529,7 +555,7 @@ outbox_worker_run(const outbox_worker_spec_t *spec)
         if (rc != OUTBOX_OK) {
             report(w, spec->role == OUTBOX_ROLE_RELAY ? "relay pass failed" : "keeper pass failed",
                    outbox_dispatcher_last_error(w->d));
-        } else {
+        } else if (!outbox_dispatcher_failing(w->d)) {
             recovered(w);
             if (!w->ready && w->slot != NULL) {
                 /* connected to both servers and one pass done */

@@ -20,20 +20,21 @@ typedef struct demo_opts {
     long count, interval_ms, rollback_every;
 } demo_opts_t;
 
-static void usage(FILE *f)
+static void
+usage(FILE *f)
 {
-    fprintf(f,
-            "usage: outbox-demo [--db CONNINFO] [--topic PREFIX] [--count N] [--interval-ms M]\n"
-            "                   [--rollback-every K] [--schema S] [--table T]\n"
-            "  --db CONNINFO       database (default $OUTBOX_DB)\n"
-            "  --topic PREFIX      messages go to PREFIX.created (default demo.orders)\n"
-            "  --count N           transactions (default 20)\n"
-            "  --interval-ms M     pause between transactions (default 250)\n"
-            "  --rollback-every K  roll back every K-th transaction, 0 never (default 5)\n"
-            "  --schema S --table T  the outbox table (default public.outbox)\n");
+    fprintf(f, "usage: outbox-demo [--db CONNINFO] [--topic PREFIX] [--count N] [--interval-ms M]\n"
+               "                   [--rollback-every K] [--schema S] [--table T]\n"
+               "  --db CONNINFO       database (default $OUTBOX_DB)\n"
+               "  --topic PREFIX      messages go to PREFIX.created (default demo.orders)\n"
+               "  --count N           transactions (default 20)\n"
+               "  --interval-ms M     pause between transactions (default 250)\n"
+               "  --rollback-every K  roll back every K-th transaction, 0 never (default 5)\n"
+               "  --schema S --table T  the outbox table (default public.outbox)\n");
 }
 
-static int parse_nonneg(const char *s, const char *what, long *out)
+static int
+parse_nonneg(const char *s, const char *what, long *out)
 {
     char *end;
     long v;
@@ -48,7 +49,8 @@ static int parse_nonneg(const char *s, const char *what, long *out)
     return 0;
 }
 
-static void sleep_ms(long ms)
+static void
+sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
 
@@ -57,7 +59,8 @@ static void sleep_ms(long ms)
 }
 
 /* Runs a statement without parameters; prints the error and returns -1. */
-static int exec_ok(PGconn *c, const char *sql)
+static int
+exec_ok(PGconn *c, const char *sql)
 {
     PGresult *r = PQexec(c, sql);
     int ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
@@ -70,7 +73,8 @@ static int exec_ok(PGconn *c, const char *sql)
 }
 
 /* "schema"."name" quoted for SQL; NULL on failure. Caller frees. */
-static char *qualified(PGconn *c, const char *schema, const char *name)
+static char *
+qualified(PGconn *c, const char *schema, const char *name)
 {
     char *qs = PQescapeIdentifier(c, schema, strlen(schema));
     char *qn = PQescapeIdentifier(c, name, strlen(name));
@@ -90,7 +94,8 @@ static char *qualified(PGconn *c, const char *schema, const char *name)
 }
 
 /* The business write: the order row that the message announces. */
-static int insert_order(PGconn *c, const char *orders, long n, const char *item, long qty)
+static int
+insert_order(PGconn *c, const char *orders, long n, const char *item, long qty)
 {
     char sql[512], ref[32], nbuf[24], qbuf[24];
     const char *params[3] = {ref, item, qbuf};
@@ -111,8 +116,9 @@ static int insert_order(PGconn *c, const char *orders, long n, const char *item,
 }
 
 /* Producer path 2: SELECT <schema>.<table>_enqueue(topic, key, headers, body). */
-static int enqueue_sql(PGconn *c, const char *fn, const outbox_message_t *m, const char *hdr_json,
-                       char id[OUTBOX_ID_LEN + 1])
+static int
+enqueue_sql(PGconn *c, const char *fn, const outbox_message_t *m, const char *hdr_json,
+            char id[OUTBOX_ID_LEN + 1])
 {
     const char *params[4] = {m->topic, m->key, hdr_json, m->body};
     int lengths[4] = {0, 0, 0, (int)m->body_len};
@@ -133,11 +139,11 @@ static int enqueue_sql(PGconn *c, const char *fn, const outbox_message_t *m, con
     return ok ? 0 : -1;
 }
 
-static int run(PGconn *c, const demo_opts_t *o)
+static int
+run(PGconn *c, const demo_opts_t *o)
 {
     static const char *const items[] = {"widget", "gadget", "sprocket", "gizmo"};
-    static const outbox_header_t hdrs[] = {{"content-type", "application/json"},
-                                           {"demo", "yes"}};
+    static const outbox_header_t hdrs[] = {{"content-type", "application/json"}, {"demo", "yes"}};
     static const char hdr_json[] = "{\"content-type\":\"application/json\",\"demo\":\"yes\"}";
     char topic[OUTBOX_TOPIC_MAX + 1], fn_name[256], *orders = NULL, *fn = NULL;
     char sql[600];
@@ -172,8 +178,8 @@ static int run(PGconn *c, const demo_opts_t *o)
 
         snprintf(key, sizeof(key), "order-%ld", n);
         len = snprintf(body, sizeof(body),
-                       "{\"order\":\"%s\",\"item\":\"%s\",\"qty\":%ld,\"path\":\"%s\"}", key,
-                       item, qty, via_sql ? "sql" : "c-api");
+                       "{\"order\":\"%s\",\"item\":\"%s\",\"qty\":%ld,\"path\":\"%s\"}", key, item,
+                       qty, via_sql ? "sql" : "c-api");
         memset(&m, 0, sizeof(m));
         m.topic = topic;
         m.key = key;
@@ -225,30 +231,26 @@ done:
     return rc;
 }
 
-int main(int argc, char **argv)
+int
+main(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"db", required_argument, NULL, 'd'},
-        {"topic", required_argument, NULL, 't'},
-        {"count", required_argument, NULL, 'c'},
-        {"interval-ms", required_argument, NULL, 'i'},
-        {"rollback-every", required_argument, NULL, 'r'},
-        {"schema", required_argument, NULL, 'S'},
-        {"table", required_argument, NULL, 'T'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {{"db", required_argument, NULL, 'd'},
+                                             {"topic", required_argument, NULL, 't'},
+                                             {"count", required_argument, NULL, 'c'},
+                                             {"interval-ms", required_argument, NULL, 'i'},
+                                             {"rollback-every", required_argument, NULL, 'r'},
+                                             {"schema", required_argument, NULL, 'S'},
+                                             {"table", required_argument, NULL, 'T'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
     demo_opts_t o = {getenv("OUTBOX_DB"), "demo.orders", "public", "outbox", 20, 250, 5};
     PGconn *c = NULL;
     int opt, rc = 1;
 
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (opt) {
-        case 'd':
-            o.db = optarg;
-            break;
-        case 't':
-            o.topic = optarg;
-            break;
+        case 'd': o.db = optarg; break;
+        case 't': o.topic = optarg; break;
         case 'c':
             if (parse_nonneg(optarg, "--count", &o.count) != 0) {
                 return 2;
@@ -264,18 +266,10 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'S':
-            o.schema = optarg;
-            break;
-        case 'T':
-            o.table = optarg;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
+        case 'S': o.schema = optarg; break;
+        case 'T': o.table = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
         }
     }
     if (optind != argc) {

@@ -22,13 +22,15 @@
 
 static volatile sig_atomic_t stop_requested;
 
-static void on_signal(int sig)
+static void
+on_signal(int sig)
 {
     (void)sig;
     stop_requested = 1;
 }
 
-static void usage(FILE *f)
+static void
+usage(FILE *f)
 {
     fprintf(f, "usage: outbox-sub [--nats URL] [--subject SUBJ] [--count N] [--timeout-s T]\n"
                "                  [--total-s T]\n"
@@ -40,7 +42,8 @@ static void usage(FILE *f)
                "Exit status: 0 count reached, 1 time-out before that or failure, 2 usage.\n");
 }
 
-static int parse_nonneg(const char *s, const char *what, long *out)
+static int
+parse_nonneg(const char *s, const char *what, long *out)
 {
     char *end;
     long v;
@@ -55,7 +58,8 @@ static int parse_nonneg(const char *s, const char *what, long *out)
     return 0;
 }
 
-static int64_t now_ms(void)
+static int64_t
+now_ms(void)
 {
     struct timespec ts;
 
@@ -65,7 +69,8 @@ static int64_t now_ms(void)
 
 /* Print s[0..n) (at most max bytes) with \\, spaces in headers (space_too),
  * non-printable and non-ASCII bytes escaped. */
-static void put_escaped(FILE *f, const char *s, size_t n, size_t max, int space_too)
+static void
+put_escaped(FILE *f, const char *s, size_t n, size_t max, int space_too)
 {
     size_t i, shown = n > max ? max : n;
 
@@ -93,7 +98,8 @@ static void put_escaped(FILE *f, const char *s, size_t n, size_t max, int space_
 
 /* " name=value", value escaped so that fields stay space-separated; "-"
  * when the header is absent. */
-static void put_header(natsMsg *m, const char *label, const char *name)
+static void
+put_header(natsMsg *m, const char *label, const char *name)
 {
     const char *v = NULL;
 
@@ -105,7 +111,8 @@ static void put_header(natsMsg *m, const char *label, const char *name)
     put_escaped(stdout, v, strlen(v), (size_t)-1, 1);
 }
 
-static void print_msg(natsMsg *m)
+static void
+print_msg(natsMsg *m)
 {
     fputs(natsMsg_GetSubject(m), stdout);
     put_header(m, "key", HDR_KEY);
@@ -116,13 +123,16 @@ static void print_msg(natsMsg *m)
     fflush(stdout);
 }
 
-int main(int argc, char **argv)
+int
+main(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"nats", required_argument, NULL, 'n'},   {"subject", required_argument, NULL, 's'},
-        {"count", required_argument, NULL, 'c'},  {"timeout-s", required_argument, NULL, 't'},
-        {"total-s", required_argument, NULL, 'T'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {{"nats", required_argument, NULL, 'n'},
+                                             {"subject", required_argument, NULL, 's'},
+                                             {"count", required_argument, NULL, 'c'},
+                                             {"timeout-s", required_argument, NULL, 't'},
+                                             {"total-s", required_argument, NULL, 'T'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
     const char *url = getenv("OUTBOX_NATS_URL"), *subject = ">";
     long count = 0, idle_s = 30, total_s = 600, got = 0;
     natsConnection *nc = NULL;
@@ -135,12 +145,8 @@ int main(int argc, char **argv)
 
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (opt) {
-        case 'n':
-            url = optarg;
-            break;
-        case 's':
-            subject = optarg;
-            break;
+        case 'n': url = optarg; break;
+        case 's': subject = optarg; break;
         case 'c':
             if (parse_nonneg(optarg, "--count", &count) != 0) {
                 return 2;
@@ -156,12 +162,8 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
         }
     }
     if (optind != argc || idle_s == 0 || total_s == 0) {

@@ -92,15 +92,14 @@ typedef struct outbox_nats_options {
     void *warn_arg;
 } outbox_nats_options_t;
 
-int outbox_nats_broker_create(outbox_broker_t **out, const outbox_nats_options_t *opt,
-                              char *err, size_t errlen);
+int outbox_nats_broker_create(outbox_broker_t **out, const outbox_nats_options_t *opt, char *err,
+                              size_t errlen);
 
 /* Stream administration for `outboxd stream`: the relay itself never creates
  * streams. subjects is a comma-separated list. duplicate_window_ms 0 = server
  * default. Output is human-readable text written to the FILE* (as void *). */
-int outbox_nats_stream_add(const outbox_nats_options_t *opt, const char *name,
-                           const char *subjects, int64_t duplicate_window_ms, char *err,
-                           size_t errlen);
+int outbox_nats_stream_add(const outbox_nats_options_t *opt, const char *name, const char *subjects,
+                           int64_t duplicate_window_ms, char *err, size_t errlen);
 /* As add, but for an existing stream: its subjects and duplicate window are
  * replaced (the messages stay). OUTBOX_ERR_INVALID if there is no such
  * stream. */

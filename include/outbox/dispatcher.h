@@ -39,11 +39,11 @@ typedef struct outbox_dispatcher_settings {
     int32_t batch_size;             /* records per claim */
     int32_t cleanup_batch;          /* rows per retention delete */
     outbox_retry_policy_t retry;
-    int32_t crash_limit;            /* worker deaths holding a record before it is dead
-                                       (0: never; else >= 2, so innocent batch mates,
-                                       retried alone after one crash, never reach it) */
-    bool per_key_order;             /* publish each key's records in seq order (the store
-                                       must claim per-key prefixes: outbox_pg_options_t) */
+    int32_t crash_limit;             /* worker deaths holding a record before it is dead
+                                        (0: never; else >= 2, so innocent batch mates,
+                                        retried alone after one crash, never reach it) */
+    bool per_key_order;              /* publish each key's records in seq order (the store
+                                        must claim per-key prefixes: outbox_pg_options_t) */
     const char *dead_letter_subject; /* NULL/"": none; else every record made dead is
                                         also published there (copied at create) */
 } outbox_dispatcher_settings_t;
@@ -134,6 +134,9 @@ void outbox_dispatcher_inflight(const outbox_dispatcher_t *d, int64_t *lo, int64
  * Returns the first error status met, after running every due job.
  */
 int outbox_dispatcher_tick(outbox_dispatcher_t *d, int64_t now_ms, int64_t *wait_ms);
+/* Did the last run of any job fail (it is waiting out a backoff)? A tick
+ * that ran nothing returns OK: this tells a recovery from a pause. */
+bool outbox_dispatcher_failing(const outbox_dispatcher_t *d);
 /* Make the process job due now (a wake-up saw new rows). */
 void outbox_dispatcher_wake(outbox_dispatcher_t *d);
 /* Has the process job gone idle: the last pass found nothing and the

@@ -38,13 +38,13 @@ typedef struct outbox_mock_store {
     outbox_mock_record_t *recs;
     size_t n, cap;
     int64_t next_seq;
-    int64_t now_ms;      /* the mock database clock */
-    int fail_next;       /* > 0: the next fail_next calls fail with fail_status */
+    int64_t now_ms; /* the mock database clock */
+    int fail_next;  /* > 0: the next fail_next calls fail with fail_status */
     int fail_status;
     bool per_key_order; /* claim as the PostgreSQL store's per_key_order */
     unsigned calls_claim, calls_mark, calls_clear_stale, calls_clear_by_id, calls_purge;
     unsigned calls_crashed;
-    size_t last_mark_n;  /* marks in the last mark() call */
+    size_t last_mark_n; /* marks in the last mark() call */
 } outbox_mock_store_t;
 
 int outbox_mock_store_create(outbox_mock_store_t **out);
@@ -61,11 +61,11 @@ typedef outbox_pub_status_t (*outbox_mock_verdict_fn)(const outbox_record_t *r, 
 
 typedef struct outbox_mock_broker {
     outbox_broker_t base;
-    bool down;                   /* every record NOT_SENT, returns UNREACHABLE */
+    bool down;                      /* every record NOT_SENT, returns UNREACHABLE */
     outbox_mock_verdict_fn verdict; /* per-record outcome; NULL = OK */
     void *verdict_arg;
     unsigned calls;
-    size_t published;            /* records acknowledged */
+    size_t published;                    /* records acknowledged */
     char (*sent_ids)[OUTBOX_ID_LEN + 1]; /* every id acknowledged, in order */
     size_t nsent, sent_cap;
     /* dead-letter copies: verdict dead_verdict (OK when unset); the ids

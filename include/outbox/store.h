@@ -80,11 +80,10 @@ struct outbox_store {
 /* Convenience wrappers: s->ops->x(s, ...). */
 int outbox_store_claim(outbox_store_t *s, const char *lock_id, int limit, outbox_batch_t *out);
 int outbox_store_get_by_lock_id(outbox_store_t *s, const char *lock_id, outbox_batch_t *out);
-int outbox_store_mark(outbox_store_t *s, const char *lock_id, const outbox_mark_t *marks,
-                      size_t n, int64_t *updated);
+int outbox_store_mark(outbox_store_t *s, const char *lock_id, const outbox_mark_t *marks, size_t n,
+                      int64_t *updated);
 int outbox_store_clear_stale_locks(outbox_store_t *s, int64_t max_lock_ms, int64_t *released);
-int outbox_store_clear_locks_by_lock_id(outbox_store_t *s, const char *lock_id,
-                                        int64_t *released);
+int outbox_store_clear_locks_by_lock_id(outbox_store_t *s, const char *lock_id, int64_t *released);
 int outbox_store_release_crashed(outbox_store_t *s, const char *lock_id, int64_t lo, int64_t hi,
                                  int crash_limit, int64_t *released, int64_t *parked);
 int outbox_store_purge(outbox_store_t *s, int64_t retention_ms, int64_t dead_retention_ms,
@@ -94,16 +93,16 @@ void outbox_store_destroy(outbox_store_t *s); /* NULL ok */
 /* ---- PostgreSQL implementation (libpq) ---- */
 
 typedef struct outbox_pg_options {
-    const char *conninfo; /* libpq conninfo or URI; borrowed */
-    const char *schema;   /* NULL = "public" */
-    const char *table;    /* NULL = "outbox" */
-    int statement_timeout_ms; /* 0 = server default */
-    bool per_key_order;       /* claim whole per-key prefixes, marked in locked_by (see
-                                 claim); else a claim is the row locks of a transaction
-                                 held open until the mark commits it */
-    bool delete_delivered;    /* a DELIVERED mark deletes the row (retention 0) */
-    int idle_tx_timeout_ms;   /* idle_in_transaction_session_timeout: frees the claim of
-                                 a relay whose host vanished; 0 = server default */
+    const char *conninfo;         /* libpq conninfo or URI; borrowed */
+    const char *schema;           /* NULL = "public" */
+    const char *table;            /* NULL = "outbox" */
+    int statement_timeout_ms;     /* 0 = server default */
+    bool per_key_order;           /* claim whole per-key prefixes, marked in locked_by (see
+                                     claim); else a claim is the row locks of a transaction
+                                     held open until the mark commits it */
+    bool delete_delivered;        /* a DELIVERED mark deletes the row (retention 0) */
+    int idle_tx_timeout_ms;       /* idle_in_transaction_session_timeout: frees the claim of
+                                     a relay whose host vanished; 0 = server default */
     const char *application_name; /* NULL: "outboxd" (the keeper finds a dead relay's
                                      sessions by it; a conninfo setting wins) */
 } outbox_pg_options_t;
@@ -117,8 +116,7 @@ int outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt,
 
 /* Install or upgrade the schema to OUTBOX_SCHEMA_VERSION, idempotent and safe
  * to run concurrently (advisory lock). from and to report the versions. */
-int outbox_pg_migrate(const outbox_pg_options_t *opt, int *from, int *to, char *err,
-                      size_t errlen);
+int outbox_pg_migrate(const outbox_pg_options_t *opt, int *from, int *to, char *err, size_t errlen);
 
 /* The SQL of migration `version` for schema/table (NULL = defaults), for
  * DBAs who apply migrations themselves. *sql_out is malloc'd; caller frees.
@@ -153,6 +151,10 @@ void outbox_pg_waker_destroy(outbox_pg_waker_t *w);
  * sessions of a relay that died by it. */
 #define OUTBOX_PG_APPNAME_MAX 63
 void outbox_pg_appname(const char *lock_id, char out[OUTBOX_PG_APPNAME_MAX + 1]);
+
+/* OUTBOX_OK if libpq can parse conninfo (a conninfo string or URI; "" is
+ * fine), else OUTBOX_ERR_CONFIG with a reason that quotes none of it. */
+int outbox_pg_check_conninfo(const char *conninfo, char *err, size_t errlen);
 
 /* Quote an identifier for SQL ("a""b"); returns NULL on NOMEM; caller frees. */
 char *outbox_pg_quote_ident(const char *name);

@@ -26,7 +26,8 @@ extern char **environ;
 
 /* ---- small utilities ---------------------------------------------------- */
 
-int64_t th_now_ms(void)
+int64_t
+th_now_ms(void)
 {
     struct timespec ts;
 
@@ -34,7 +35,8 @@ int64_t th_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void th_sleep_ms(int64_t ms)
+void
+th_sleep_ms(int64_t ms)
 {
     struct timespec ts;
 
@@ -47,14 +49,16 @@ void th_sleep_ms(int64_t ms)
     }
 }
 
-void th_unique(char *out, size_t len, const char *prefix)
+void
+th_unique(char *out, size_t len, const char *prefix)
 {
     static unsigned n;
 
     snprintf(out, len, "%s_%ld_%u", prefix, (long)getpid(), ++n);
 }
 
-void th_bin(char *out, size_t len, const char *name)
+void
+th_bin(char *out, size_t len, const char *name)
 {
     const char *dir = getenv("OUTBOX_BIN");
 
@@ -73,7 +77,8 @@ void th_bin(char *out, size_t len, const char *name)
  * One value of the env file: shell words with '...' (literal), "..." (with
  * \ escapes) and bare \x, as written by servers.sh or by hand.
  */
-static int unquote(const char *in, char *out, size_t len)
+static int
+unquote(const char *in, char *out, size_t len)
 {
     size_t o = 0;
     char q = 0;
@@ -117,14 +122,16 @@ static int unquote(const char *in, char *out, size_t len)
     return 0;
 }
 
-static void copy_field(char *dst, size_t len, const char *val, const char *key)
+static void
+copy_field(char *dst, size_t len, const char *val, const char *key)
 {
     if ((size_t)snprintf(dst, len, "%s", val) >= len) {
         fail_msg("env: value of %s too long", key);
     }
 }
 
-static void env_set(th_env_t *e, const char *key, const char *val)
+static void
+env_set(th_env_t *e, const char *key, const char *val)
 {
     if (strcmp(key, "OUTBOX_TEST_DB") == 0) {
         copy_field(e->pg_admin, sizeof(e->pg_admin), val, key);
@@ -147,7 +154,8 @@ static void env_set(th_env_t *e, const char *key, const char *val)
     }
 }
 
-static void env_load_file(th_env_t *e, const char *path)
+static void
+env_load_file(th_env_t *e, const char *path)
 {
     char line[2048], val[1024];
     FILE *f;
@@ -185,7 +193,8 @@ static void env_load_file(th_env_t *e, const char *path)
     }
 }
 
-void th_env_load(th_env_t *e)
+void
+th_env_load(th_env_t *e)
 {
     const char *dir = getenv("OUTBOX_TESTENV");
     const char *db = getenv("OUTBOX_TEST_DB");
@@ -210,7 +219,8 @@ void th_env_load(th_env_t *e)
 
 /* ---- PostgreSQL --------------------------------------------------------- */
 
-PGconn *th_connect(const char *conninfo)
+PGconn *
+th_connect(const char *conninfo)
 {
     PGconn *c = PQconnectdb(conninfo);
 
@@ -228,7 +238,8 @@ PGconn *th_connect(const char *conninfo)
     return c;
 }
 
-static char *vformat(const char *fmt, va_list ap)
+static char *
+vformat(const char *fmt, va_list ap)
 {
     va_list ap2;
     char *s;
@@ -245,7 +256,8 @@ static char *vformat(const char *fmt, va_list ap)
 }
 
 /* Runs sql; on error fails the test naming the statement. Frees sql. */
-static PGresult *exec_or_fail(PGconn *c, char *sql)
+static PGresult *
+exec_or_fail(PGconn *c, char *sql)
 {
     PGresult *r = PQexec(c, sql);
     ExecStatusType st = r != NULL ? PQresultStatus(r) : PGRES_FATAL_ERROR;
@@ -264,7 +276,8 @@ static PGresult *exec_or_fail(PGconn *c, char *sql)
     return r;
 }
 
-void th_exec(PGconn *c, const char *fmt, ...)
+void
+th_exec(PGconn *c, const char *fmt, ...)
 {
     va_list ap;
     char *sql;
@@ -275,7 +288,8 @@ void th_exec(PGconn *c, const char *fmt, ...)
     PQclear(exec_or_fail(c, sql));
 }
 
-long long th_query_ll(PGconn *c, const char *fmt, ...)
+long long
+th_query_ll(PGconn *c, const char *fmt, ...)
 {
     va_list ap;
     char *sql, stmt[256];
@@ -297,7 +311,8 @@ long long th_query_ll(PGconn *c, const char *fmt, ...)
 }
 
 /* Append " key=value" to a conninfo, quoted only when libpq needs it. */
-static void conninfo_add(char *out, size_t len, const char *key, const char *val)
+static void
+conninfo_add(char *out, size_t len, const char *key, const char *val)
 {
     size_t o = strlen(out);
     int quote = *val == '\0' || strpbrk(val, " \t\n\r\f\v'\\") != NULL;
@@ -320,7 +335,8 @@ static void conninfo_add(char *out, size_t len, const char *key, const char *val
 }
 
 /* The admin conninfo with dbname replaced (keeps host, port, user, ...). */
-static void conninfo_with_db(const char *admin, const char *db, char *out, size_t len)
+static void
+conninfo_with_db(const char *admin, const char *db, char *out, size_t len)
 {
     char *err = NULL;
     PQconninfoOption *opts = PQconninfoParse(admin, &err), *o;
@@ -342,7 +358,8 @@ static void conninfo_with_db(const char *admin, const char *db, char *out, size_
     conninfo_add(out, len, "dbname", db);
 }
 
-static void conninfo_dbname(const char *conninfo, char *out, size_t len)
+static void
+conninfo_dbname(const char *conninfo, char *out, size_t len)
 {
     PQconninfoOption *opts = PQconninfoParse(conninfo, NULL), *o;
 
@@ -361,7 +378,8 @@ static void conninfo_dbname(const char *conninfo, char *out, size_t len)
     }
 }
 
-void th_db_create(const th_env_t *e, const char *prefix, char *conninfo, size_t len)
+void
+th_db_create(const th_env_t *e, const char *prefix, char *conninfo, size_t len)
 {
     static unsigned n;
     char name[64];
@@ -385,7 +403,8 @@ void th_db_create(const th_env_t *e, const char *prefix, char *conninfo, size_t 
     conninfo_with_db(e->pg_admin, name, conninfo, len);
 }
 
-void th_db_drop(const th_env_t *e, const char *conninfo)
+void
+th_db_drop(const th_env_t *e, const char *conninfo)
 {
     char name[128];
     PGconn *c;
@@ -406,10 +425,11 @@ void th_db_drop(const th_env_t *e, const char *conninfo)
  * /dev/null as stdin, and dies with SIGTERM if the test process dies, so a
  * crashed test leaves no daemon behind. envp NULL: inherit.
  */
-static pid_t spawn_env(char *const argv[], const char *logfile, char *const envp[])
+static pid_t
+spawn_env(char *const argv[], const char *logfile, char *const envp[])
 {
-    static const int sigs[] = {SIGPIPE, SIGCHLD, SIGINT, SIGTERM, SIGHUP, SIGQUIT,
-                               SIGUSR1, SIGUSR2};
+    static const int sigs[] = {SIGPIPE, SIGCHLD, SIGINT,  SIGTERM,
+                               SIGHUP,  SIGQUIT, SIGUSR1, SIGUSR2};
     char failmsg[600];
     pid_t parent = getpid(), pid;
     int logfd = -1;
@@ -476,12 +496,14 @@ static pid_t spawn_env(char *const argv[], const char *logfile, char *const envp
     return pid;
 }
 
-pid_t th_spawn(char *const argv[], const char *logfile)
+pid_t
+th_spawn(char *const argv[], const char *logfile)
 {
     return spawn_env(argv, logfile, NULL);
 }
 
-int th_wait(pid_t pid, int64_t timeout_ms, int *status)
+int
+th_wait(pid_t pid, int64_t timeout_ms, int *status)
 {
     int64_t deadline = th_now_ms() + timeout_ms;
     int st = 0;
@@ -505,7 +527,8 @@ int th_wait(pid_t pid, int64_t timeout_ms, int *status)
     }
 }
 
-int th_stop(pid_t pid, int64_t timeout_ms)
+int
+th_stop(pid_t pid, int64_t timeout_ms)
 {
     int st = 0;
 
@@ -524,7 +547,8 @@ int th_stop(pid_t pid, int64_t timeout_ms)
 
 /* ---- private servers ---------------------------------------------------- */
 
-static void script_path(char *out, size_t len)
+static void
+script_path(char *out, size_t len)
 {
     const char *src = getenv("OUTBOX_SOURCE");
     char here[PATH_MAX], *slash;
@@ -544,7 +568,8 @@ static void script_path(char *out, size_t len)
 
 /* Runs "servers.sh CMD DIR" without the variables that would make it point
  * at external servers: private servers are always our own. 0 on success. */
-static int run_script(const char *script, const char *cmd, const char *dir)
+static int
+run_script(const char *script, const char *cmd, const char *dir)
 {
     char *argv[] = {"/bin/bash", (char *)script, (char *)cmd, (char *)dir, NULL};
     char **envp;
@@ -581,7 +606,8 @@ static int run_script(const char *script, const char *cmd, const char *dir)
 }
 
 /* Removes DIR once the script has emptied it (best effort). */
-static void remove_dir(const char *dir)
+static void
+remove_dir(const char *dir)
 {
     static const char *const left[] = {"env", "state", "env.tmp", "state.tmp"};
     char p[PATH_MAX];
@@ -599,7 +625,8 @@ static void remove_dir(const char *dir)
  * (the DIR argument) is recorded in it by servers.sh as "state-dir", so a
  * copy of a th_servers_t works as well as the original.
  */
-static void state_dir(const th_servers_t *s, char *out, size_t len)
+static void
+state_dir(const th_servers_t *s, char *out, size_t len)
 {
     char p[PATH_MAX];
     FILE *f;
@@ -624,7 +651,8 @@ static void state_dir(const th_servers_t *s, char *out, size_t len)
 static char running[TH_MAX_PRIVATE][PATH_MAX];
 static char running_script[PATH_MAX];
 
-static void stop_leftovers(void)
+static void
+stop_leftovers(void)
 {
     size_t i;
 
@@ -637,7 +665,8 @@ static void stop_leftovers(void)
     }
 }
 
-static void track(const char *script, const char *dir, int on)
+static void
+track(const char *script, const char *dir, int on)
 {
     static int registered;
     size_t i;
@@ -659,7 +688,8 @@ static void track(const char *script, const char *dir, int on)
     }
 }
 
-void th_servers_start(th_servers_t *s)
+void
+th_servers_start(th_servers_t *s)
 {
     char dir[] = "/tmp/outbox-th.XXXXXX", env[PATH_MAX];
 
@@ -681,7 +711,8 @@ void th_servers_start(th_servers_t *s)
     env_load_file(&s->env, env);
 }
 
-void th_servers_stop(th_servers_t *s)
+void
+th_servers_stop(th_servers_t *s)
 {
     char dir[PATH_MAX];
     int rc;
@@ -699,7 +730,8 @@ void th_servers_stop(th_servers_t *s)
     }
 }
 
-static void servers_cmd(th_servers_t *s, const char *cmd)
+static void
+servers_cmd(th_servers_t *s, const char *cmd)
 {
     char dir[PATH_MAX], env[PATH_MAX];
 
@@ -714,27 +746,32 @@ static void servers_cmd(th_servers_t *s, const char *cmd)
     env_load_file(&s->env, env);
 }
 
-void th_pg_stop(th_servers_t *s)
+void
+th_pg_stop(th_servers_t *s)
 {
     servers_cmd(s, "pg-stop");
 }
 
-void th_pg_start(th_servers_t *s)
+void
+th_pg_start(th_servers_t *s)
 {
     servers_cmd(s, "pg-start");
 }
 
-void th_nats_stop(th_servers_t *s)
+void
+th_nats_stop(th_servers_t *s)
 {
     servers_cmd(s, "nats-stop");
 }
 
-void th_nats_start(th_servers_t *s)
+void
+th_nats_start(th_servers_t *s)
 {
     servers_cmd(s, "nats-start");
 }
 
-void th_nats_pause(th_servers_t *s, int paused)
+void
+th_nats_pause(th_servers_t *s, int paused)
 {
     if (s->env.nats_pid <= 0 || kill(s->env.nats_pid, paused ? SIGSTOP : SIGCONT) != 0) {
         fail_msg("cannot %s nats-server (pid %d)", paused ? "pause" : "resume", s->env.nats_pid);

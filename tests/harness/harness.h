@@ -24,7 +24,7 @@ typedef struct th_env {
     char pg_user[64];
     char nats_url[128];
     int nats_port;
-    char dir[512];      /* the servers' temp dir */
+    char dir[512];        /* the servers' temp dir */
     int nats_pid, pg_pid; /* private servers: to pause or kill them */
 } th_env_t;
 
@@ -67,12 +67,12 @@ typedef struct th_servers {
     th_env_t env;
     char script[512];
 } th_servers_t;
-void th_servers_start(th_servers_t *s);           /* both servers, own dir */
-void th_servers_stop(th_servers_t *s);            /* both, removes the dir */
-void th_pg_stop(th_servers_t *s);                 /* fast shutdown */
-void th_pg_start(th_servers_t *s);                /* same port and data */
+void th_servers_start(th_servers_t *s); /* both servers, own dir */
+void th_servers_stop(th_servers_t *s);  /* both, removes the dir */
+void th_pg_stop(th_servers_t *s);       /* fast shutdown */
+void th_pg_start(th_servers_t *s);      /* same port and data */
 void th_nats_stop(th_servers_t *s);
-void th_nats_start(th_servers_t *s);              /* same port and store dir */
-void th_nats_pause(th_servers_t *s, int paused);  /* SIGSTOP / SIGCONT nats-server */
+void th_nats_start(th_servers_t *s);             /* same port and store dir */
+void th_nats_pause(th_servers_t *s, int paused); /* SIGSTOP / SIGCONT nats-server */
 
 #endif

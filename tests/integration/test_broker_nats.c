@@ -479,6 +479,45 @@ test_reserved_header_and_bad_subject_are_permanent(void **state)
 }
 
 static void
+answer_empty(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    (void)sub;
+    (void)closure;
+    if (natsMsg_GetReply(msg) != NULL)
+        natsConnection_PublishString(nc, natsMsg_GetReply(msg), "{}");
+    natsMsg_Destroy(msg);
+}
+
+/* A service (not a stream) answering on the subject with an empty JSON
+ * object: cnats takes it for a PubAck, the relay must not, or the record
+ * would be marked DELIVERED with no stream holding it. */
+static void
+test_js_reply_without_stream_is_not_delivered(void **state)
+{
+    char topic[80];
+    outbox_record_t rec;
+    outbox_pub_result_t res;
+    natsConnection *nc = NULL;
+    natsSubscription *sub = NULL;
+    outbox_broker_t *b;
+
+    (void)state;
+    th_unique(topic, sizeof(topic), "responder");
+    strcat(topic, ".x");
+    assert_int_equal(natsConnection_ConnectTo(&nc, env.nats_url), NATS_OK);
+    assert_int_equal(natsConnection_Subscribe(&sub, nc, topic, answer_empty, NULL), NATS_OK);
+    assert_int_equal(natsConnection_Flush(nc), NATS_OK);
+    rec_init(&rec, topic, NULL, NULL, 0, "x", 1);
+    b = broker(OUTBOX_NATS_JETSTREAM, env.nats_url, 4000);
+    assert_int_equal(outbox_broker_publish(b, &rec, 1, &res), OUTBOX_OK);
+    assert_int_equal(res.status, OUTBOX_PUB_TRANSIENT);
+    assert_non_null(strstr(res.error, "not a JetStream PubAck"));
+    outbox_broker_destroy(b);
+    natsSubscription_Destroy(sub);
+    natsConnection_Destroy(nc);
+}
+
+static void
 test_js_no_stream_is_transient_and_fast(void **state)
 {
     char topic[80], stream[64], subj[64], ok_topic[80];
@@ -917,6 +956,7 @@ main(void)
         cmocka_unit_test(test_js_stream_full_is_transient),
         cmocka_unit_test(test_reserved_header_and_bad_subject_are_permanent),
         cmocka_unit_test(test_js_no_stream_is_transient_and_fast),
+        cmocka_unit_test(test_js_reply_without_stream_is_not_delivered),
         cmocka_unit_test(test_js_missing_puback_times_out),
         cmocka_unit_test(test_create_unreachable_quickly_without_credentials),
         cmocka_unit_test(test_core_subscriber_receives_every_message),

@@ -24,12 +24,12 @@ static th_env_t env;
 /* `outboxd -c CONF args...`: exit status; output (stdout+stderr) into out
  * (malloc'd, caller frees) when out is not NULL. */
 static int
-outboxd(const pool_t *c, char **out, const char *a1, const char *a2, const char *a3,
-        const char *a4, const char *a5)
+outboxd(const pool_t *c, char **out, const char *a1, const char *a2, const char *a3, const char *a4,
+        const char *a5)
 {
     char bin[512], path[256];
-    char *argv[] = {bin,         "-c",        (char *)c->conf, (char *)a1, (char *)a2,
-                    (char *)a3, (char *)a4, (char *)a5,       NULL};
+    char *argv[] = {bin,        "-c",       (char *)c->conf, (char *)a1, (char *)a2,
+                    (char *)a3, (char *)a4, (char *)a5,      NULL};
     FILE *f;
     long n;
     int st;
@@ -65,8 +65,7 @@ wait_count(pool_t *c, PGconn *pg, long long want, int64_t timeout_ms, const char
     while ((n = th_query_ll(pg, "%s", sql)) != want) {
         if (th_now_ms() > deadline) {
             pool_dump_log(c);
-            fail_msg("%s: %lld, expected %lld within %lld ms", sql, n, want,
-                     (long long)timeout_ms);
+            fail_msg("%s: %lld, expected %lld within %lld ms", sql, n, want, (long long)timeout_ms);
         }
         th_sleep_ms(20);
     }
@@ -140,9 +139,10 @@ test_poison_record_is_parked_innocents_delivered(void **state)
     unsetenv("OUTBOX_FAULT_KILL_TOPIC");
     wait_count(&c, pg, 1, 90000, "SELECT count(*) FROM outbox WHERE state = 2");
     wait_count(&c, pg, 20, 30000, "SELECT count(*) FROM outbox WHERE state = 1");
-    assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 2 AND topic = "
-                                     "'%s' AND crashes = 3 AND last_error = 'worker died while "
-                                     "processing (3 times)'",
+    assert_int_equal(th_query_ll(pg,
+                                 "SELECT count(*) FROM outbox WHERE state = 2 AND topic = "
+                                 "'%s' AND crashes = 3 AND last_error = 'worker died while "
+                                 "processing (3 times)'",
                                  poison),
                      1);
     /* innocents: at most the one crash of the shared batch */
@@ -263,8 +263,8 @@ test_per_key_order_across_workers_and_failures(void **state)
 static void
 test_dead_letters_and_operator_commands(void **state)
 {
-    char subjects[160], subj[128], body[64], hval[600], extra[256], *out = NULL, pat[128],
-        idA[OUTBOX_ID_LEN + 1], hid[128];
+    char subjects[160], subj[128], body[64], hval[600], extra[256],
+        *out = NULL, pat[128], idA[OUTBOX_ID_LEN + 1], hid[128];
     PGconn *pg;
     PGresult *r;
     uint64_t seq, n;
@@ -277,8 +277,9 @@ test_dead_letters_and_operator_commands(void **state)
     set_stream_subjects(&c, subjects);
     pg = th_connect(c.db);
     th_exec(pg, "SELECT outbox_enqueue('%s.nostream.a', 'ka', '{\"h\":\"v\"}', 'a')", c.prefix);
-    th_exec(pg, "SELECT outbox_enqueue('%s.ok.big', NULL, '{}', decode(repeat('ab', 1048576), "
-                "'hex'))",
+    th_exec(pg,
+            "SELECT outbox_enqueue('%s.ok.big', NULL, '{}', decode(repeat('ab', 1048576), "
+            "'hex'))",
             c.prefix);
     th_exec(pg, "SELECT outbox_enqueue('%s.ok.c', NULL, '{}', 'c')", c.prefix);
     r = PQexec(pg, "SELECT id FROM outbox ORDER BY seq LIMIT 1");
@@ -349,8 +350,9 @@ test_dead_letters_and_operator_commands(void **state)
     free(out);
     wait_count(&c, pg, 2, 30000, "SELECT count(*) FROM outbox WHERE state = 1");
     assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE id = '%s'", idA), 0);
-    assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 1 AND attempts "
-                                     "= 0 AND last_error LIKE 'requeued from dead (was %s)%%'",
+    assert_int_equal(th_query_ll(pg,
+                                 "SELECT count(*) FROM outbox WHERE state = 1 AND attempts "
+                                 "= 0 AND last_error LIKE 'requeued from dead (was %s)%%'",
                                  idA),
                      1);
     assert_int_equal(pool_stream_count(&c), 4);
@@ -393,9 +395,10 @@ test_retry_backoff_schedule(void **state)
     for (i = 0; th_now_ms() < deadline; i++) {
         a = th_query_ll(pg, "SELECT attempts FROM outbox WHERE topic LIKE '%%.fail.x'");
         if (a >= 1 && a <= 4 && delay[a] == 0)
-            delay[a] = th_query_ll(pg, "SELECT round(extract(epoch FROM next_attempt_at - "
-                                       "last_attempt_on) * 1000)::bigint FROM outbox WHERE "
-                                       "topic LIKE '%%.fail.x' AND attempts = %lld",
+            delay[a] = th_query_ll(pg,
+                                   "SELECT round(extract(epoch FROM next_attempt_at - "
+                                   "last_attempt_on) * 1000)::bigint FROM outbox WHERE "
+                                   "topic LIKE '%%.fail.x' AND attempts = %lld",
                                    a);
         /* fresh work meanwhile */
         if (i % 10 == 0)
@@ -492,8 +495,8 @@ test_outages_end_exactly_once(void **state)
     pool_assert_exact(&c, pg, 1700);
     assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 2"), 0);
     j = pool_outboxstat_json(&c);
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "supervisor"), "crashes")),
-                     0);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(j, "supervisor"), "crashes")), 0);
     assert_true(pool_json_total(j, "reconnects") >= 2);
     json_decref(j);
     assert_true(pool_alive(c.sup));

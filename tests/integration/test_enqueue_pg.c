@@ -176,6 +176,7 @@ test_invalid_rejected_by_both(void **state)
         {"", NULL, NULL, NULL, 0},
         {NULL, NULL, NULL, NULL, 0},
         {"a..b", NULL, NULL, NULL, 0},
+        {"$JS.API.STREAM.DELETE.X", NULL, NULL, NULL, 0},
         {".a", NULL, NULL, NULL, 0},
         {"a.", NULL, NULL, NULL, 0},
         {".", NULL, NULL, NULL, 0},
@@ -285,12 +286,12 @@ test_limits_agree(void **state)
         fail_msg("SQL: %s", PQresultErrorMessage(r));
     PQclear(r);
     /* Odd but legal subjects too. */
-    r = sql_enqueue(f->c, "$JS.x*.>y.caf\xc3\xa9", NULL, "X-Outbox", "tab\tok", "");
+    r = sql_enqueue(f->c, "JS$.x*.>y.caf\xc3\xa9", NULL, "X-Outbox", "tab\tok", "");
     if (PQresultStatus(r) != PGRES_TUPLES_OK)
         fail_msg("SQL: %s", PQresultErrorMessage(r));
     PQclear(r);
     th_exec(f->c, "BEGIN");
-    if (c_enqueue(f->c, "$JS.x*.>y.caf\xc3\xa9", NULL, "X-Outbox", "tab\tok", "", id, err,
+    if (c_enqueue(f->c, "JS$.x*.>y.caf\xc3\xa9", NULL, "X-Outbox", "tab\tok", "", id, err,
                   sizeof(err)) != OUTBOX_OK)
         fail_msg("C: %s", err);
     th_exec(f->c, "COMMIT");

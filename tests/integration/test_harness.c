@@ -17,7 +17,8 @@
 #include <unistd.h>
 
 /* NATS_OK when a connection to url succeeds and round-trips a PING. */
-static natsStatus nats_probe(const char *url, int want_js)
+static natsStatus
+nats_probe(const char *url, int want_js)
 {
     natsConnection *nc = NULL;
     natsOptions *opts = NULL;
@@ -56,7 +57,8 @@ static natsStatus nats_probe(const char *url, int want_js)
 }
 
 /* 1 when a libpq connection to conninfo succeeds. */
-static int pg_up(const char *conninfo)
+static int
+pg_up(const char *conninfo)
 {
     char ci[600];
     PGconn *c;
@@ -69,7 +71,8 @@ static int pg_up(const char *conninfo)
     return ok;
 }
 
-static void test_fixture_pg_on_loopback(void **state)
+static void
+test_fixture_pg_on_loopback(void **state)
 {
     th_env_t e;
     PGconn *c;
@@ -93,7 +96,8 @@ static void test_fixture_pg_on_loopback(void **state)
     PQfinish(c);
 }
 
-static void test_fixture_nats_accepts_jetstream(void **state)
+static void
+test_fixture_nats_accepts_jetstream(void **state)
 {
     th_env_t e;
     char url[160];
@@ -112,7 +116,8 @@ static void test_fixture_nats_accepts_jetstream(void **state)
     }
 }
 
-static void test_db_create_and_drop(void **state)
+static void
+test_db_create_and_drop(void **state)
 {
     th_env_t e;
     char a[512], b[512];
@@ -140,7 +145,8 @@ static void test_db_create_and_drop(void **state)
     assert_false(pg_up(b));
 }
 
-static void test_unique_names_differ(void **state)
+static void
+test_unique_names_differ(void **state)
 {
     char a[64], b[64], pid[32];
 
@@ -152,7 +158,8 @@ static void test_unique_names_differ(void **state)
     assert_memory_equal(a, pid, strlen(pid));
 }
 
-static void test_spawn_wait_stop(void **state)
+static void
+test_spawn_wait_stop(void **state)
 {
     char dir[] = "/tmp/th-self.XXXXXX", log[64], buf[64] = "";
     char *echo[] = {"/bin/sh", "-c", "echo out; echo err >&2; exit 3", NULL};
@@ -208,7 +215,8 @@ static void test_spawn_wait_stop(void **state)
     rmdir(dir);
 }
 
-static void test_env_file_quoting(void **state)
+static void
+test_env_file_quoting(void **state)
 {
     char dir[] = "/tmp/th-self.XXXXXX", path[64];
     const char *old = getenv("OUTBOX_TESTENV");
@@ -247,7 +255,8 @@ static void test_env_file_quoting(void **state)
     assert_string_equal(e.dir, "/tmp/a b");
 }
 
-static void test_private_servers_outage(void **state)
+static void
+test_private_servers_outage(void **state)
 {
     th_servers_t s;
     th_env_t before;
@@ -283,7 +292,8 @@ static void test_private_servers_outage(void **state)
     th_servers_stop(&s); /* twice is harmless */
 }
 
-int main(void)
+int
+main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixture_pg_on_loopback),

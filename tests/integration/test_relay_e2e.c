@@ -562,8 +562,9 @@ test_bad_config_exits_2_before_connecting(void **state)
     th_bin(bin, sizeof(bin), "outboxd");
     snprintf(log, sizeof(log), "/tmp/outbox-badcfg-%d.log", (int)getpid());
     for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        char *argv[] = {bin,           "run", "--db", "host=127.0.0.1 port=1",
-                        (char *)cases[i][0], (char *)cases[i][1], NULL};
+        char *argv[] = {
+            bin, "run", "--db", "host=127.0.0.1 port=1", (char *)cases[i][0], (char *)cases[i][1],
+            NULL};
         FILE *f;
         int named = 0;
         pid_t p;

@@ -226,6 +226,30 @@ test_sighup_rolling_restart(void **state)
         }
     }
 
+    /* a good file whose workers cannot start (database unreachable): the
+     * rolling restart stops at the first replacement, the old workers stay,
+     * the state says running again and the reload counts as failed */
+    {
+        FILE *f = fopen(c.conf, "w");
+
+        fprintf(f,
+                "db = host=127.0.0.1 port=1 connect_timeout=1\nnats_url = %s\ninstance = %s\n"
+                "workers = 3\nprocess_interval = 20ms\nbatch_size = 50\nready_timeout = 2s\n",
+                pool_env->nats_url, c.prefix);
+        fclose(f);
+    }
+    kill(c.sup, SIGHUP);
+    deadline = th_now_ms() + 20000;
+    while (!pool_log_has(&c, "rolling restart stopped") && th_now_ms() < deadline)
+        th_sleep_ms(20);
+    assert_true(pool_log_has(&c, "rolling restart stopped"));
+    th_sleep_ms(300);
+    assert_int_equal(pool_snap(&c, s), 0);
+    assert_int_equal(s->sup_state, 0); /* running, not "rolling" */
+    assert_int_equal(s->reload_errors, 2);
+    assert_int_equal(s->reloads, 1);
+    assert_int_equal(pool_ready_relays(s, NULL, 0), 3);
+
     n = pool_produce_join(&c);
     pool_wait_drained(&c, pg, n, 30000);
     pool_assert_exact(&c, pg, n);

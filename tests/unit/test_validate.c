@@ -34,7 +34,7 @@ test_subject_valid(void **state)
         "a.b*.c",
         ">a",
         "a.>b",
-        "$JS.API",
+        "a.$JS",
         "caf\xc3\xa9.cr\xc3\xa8me",
         "\xe2\x82\xac",
         "-",
@@ -85,6 +85,8 @@ test_subject_invalid(void **state)
         "\xf8\x88\x80\x80\x80",
         "\xf4\x90\x80\x80",
         "a.\xff",
+        "$JS.API.STREAM.DELETE.X",
+        "$SYS.REQ",
     };
     size_t i;
 
@@ -160,6 +162,7 @@ test_message_invalid(void **state)
         {"a b", NULL, NULL, NULL, 0, 0, "space or control"},
         {"a.*", NULL, NULL, NULL, 0, 0, "wildcard"},
         {"a.>", NULL, NULL, NULL, 0, 0, "wildcard"},
+        {"$JS.API.STREAM.DELETE.X", NULL, NULL, NULL, 0, 0, "reserved"},
         {"a\xff", NULL, NULL, NULL, 0, 0, "UTF-8"},
         {"a", "k\r", NULL, NULL, 0, 0, "key"},
         {"a", "k\nx", NULL, NULL, 0, 0, "CR or LF"},
