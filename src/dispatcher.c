@@ -520,6 +520,7 @@ outbox_dispatcher_process(outbox_dispatcher_t *d, size_t *claimed)
         d->more = false;
         fail(d, "publish failed", d->broker->err);
     }
+    OBSERVE(d, OUTBOX_EV_PUBLISHED, d->batch.n);
     build_marks(d);
     dead_letters(d);
     n = d->batch.n;

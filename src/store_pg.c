@@ -347,16 +347,21 @@ open_conn(pg_store_t *s)
 {
     PGresult *res = NULL;
     char *sql = NULL;
-    char buf[128];
+    char buf[160];
     int i, rc, version;
 
     rc = outbox_pg_connect_as(&s->conn, s->conninfo, s->application_name, s->base.err,
                               sizeof(s->base.err));
     if (rc != OUTBOX_OK)
         return rc;
-    if (s->statement_timeout_ms > 0 || s->idle_tx_timeout_ms > 0) {
+    /* synchronous_commit off: a mark's COMMIT does not wait for the WAL
+     * flush (the producers' commits do). A crash of the database may lose
+     * the last marks; those records are published again under the same id
+     * and the stream drops the copies. */
+    {
         snprintf(buf, sizeof(buf),
-                 "SET statement_timeout = %d; SET idle_in_transaction_session_timeout = %d",
+                 "SET statement_timeout = %d; SET idle_in_transaction_session_timeout = %d; "
+                 "SET synchronous_commit = off",
                  s->statement_timeout_ms, s->idle_tx_timeout_ms);
         res = PQexec(s->conn, buf);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {

@@ -39,7 +39,7 @@ typedef struct worker {
     int64_t waker_retry_at, waker_backoff_ms, waker_armed_at;
     outbox_stats_slot_t *slot;
     int64_t backoff_ms;
-    int64_t claim_started_ms;
+    int64_t claim_started_ms, publish_started_ms, published_ms;
     uint64_t reconnects, releases_freed;
     bool connected_once, ready;
     char last_err[600];
@@ -160,6 +160,7 @@ observe(void *arg, outbox_dispatcher_event_t ev, size_t n, const outbox_record_t
         set_state(w, OUTBOX_WS_CLAIMING);
         break;
     case OUTBOX_EV_PUBLISH:
+        w->publish_started_ms = now_ms();
         if (w->slot != NULL) {
             /* before any message leaves: a crash from here on is counted
              * against these records */
@@ -181,13 +182,18 @@ observe(void *arg, outbox_dispatcher_event_t ev, size_t n, const outbox_record_t
         if (w->slot != NULL && n > 0)
             outbox_stats_batch(w->slot, n, (uint64_t)(now_ms() - w->claim_started_ms) * 1000);
         set_state(w, OUTBOX_WS_IDLE);
-        log_debug("batch of %zu marked in %lld ms", n, (long long)(now_ms() - w->claim_started_ms));
+        log_debug("batch of %zu marked in %lld ms (claim %lld, publish %lld, mark %lld)", n,
+                  (long long)(now_ms() - w->claim_started_ms),
+                  (long long)(w->publish_started_ms - w->claim_started_ms),
+                  (long long)(w->published_ms - w->publish_started_ms),
+                  (long long)(now_ms() - w->published_ms));
         break;
     case OUTBOX_EV_DEAD:
         /* rare by nature; an operator must be able to see them without SQL */
         log_warn("record %s (topic %s) parked as dead: %s", rec->id, rec->msg.topic,
                  why != NULL ? why : "?");
         break;
+    case OUTBOX_EV_PUBLISHED: w->published_ms = now_ms(); break;
     case OUTBOX_EV_LOCKS_FREED:
         log_info("lock check: freed %zu records locked for longer than max_lock_time", n);
         break;

@@ -97,7 +97,8 @@ typedef enum outbox_dispatcher_event {
     OUTBOX_EV_PUBLISH,    /* n records claimed, about to publish */
     OUTBOX_EV_MARKED,     /* n records' marks written; counters are up to date */
     OUTBOX_EV_DEAD,       /* rec was parked as dead (its mark is written); why = reason */
-    OUTBOX_EV_LOCKS_FREED /* the lock check freed n stale locks */
+    OUTBOX_EV_LOCKS_FREED, /* the lock check freed n stale locks */
+    OUTBOX_EV_PUBLISHED    /* n records' publish results are in; marks come next */
 } outbox_dispatcher_event_t;
 /* rec and why are NULL but for OUTBOX_EV_DEAD; both borrowed for the call. */
 typedef void (*outbox_dispatcher_observer_fn)(void *arg, outbox_dispatcher_event_t ev, size_t n,
