@@ -48,11 +48,13 @@ flag_sql(const char *channel, const char *qidle_lit, const char *qlisteners, con
 {
     char body[512], *out;
     size_t n;
-    long long key = 0;
+    unsigned long long h = 0;
+    long long key;
     const char *p;
 
     for (p = channel; *p != '\0'; p++)
-        key = key * 31 + (unsigned char)*p; /* any stable number: the lock's name */
+        h = h * 31 + (unsigned char)*p; /* any stable number: the lock's name */
+    key = (long long)(h >> 1);          /* in bigint range */
     snprintf(body, sizeof(body), change, qlisteners, lock_lit);
     n = strlen(body) + strlen(qlisteners) + strlen(qidle_lit) + 256;
     if ((out = malloc(n)) == NULL)
