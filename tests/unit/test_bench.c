@@ -55,6 +55,23 @@ test_percentiles_small_samples(void **state)
 }
 
 static void
+test_percentile_exact_rank(void **state)
+{
+    int64_t v[1000];
+    int i;
+
+    (void)state;
+    for (i = 0; i < 1000; i++)
+        v[i] = i + 1;
+    /* 99.9 / 100 * 1000 is 999.0000000000001 in floating point: rank 999. */
+    assert_int_equal(stats_percentile(v, 1000, 99.9), 999);
+    assert_int_equal(stats_percentile(v, 1000, 99.95), 1000);
+    assert_int_equal(stats_percentile(v, 1000, 0.1), 1);
+    assert_int_equal(stats_percentile(v, 1000, 0.15), 2);
+    assert_int_equal(stats_percentile(v, 1000, 100), 1000);
+}
+
+static void
 test_diff_pct(void **state)
 {
     (void)state;
@@ -166,6 +183,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_percentiles_nearest_rank),
         cmocka_unit_test(test_percentiles_small_samples),
+        cmocka_unit_test(test_percentile_exact_rank),
         cmocka_unit_test(test_diff_pct),
         cmocka_unit_test(test_parse_list),
         cmocka_unit_test(test_options_defaults_per_command),

@@ -13,10 +13,13 @@ cmp_i64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* rank = ceil(p / 100 * n) in integers: in floating point 99.9 / 100 * 1000
+ * is 999.0000000000001 and the rank came out one too high. */
 int64_t
 stats_percentile(const int64_t *sorted, size_t n, double p)
 {
-    double rank = ceil(p / 100.0 * (double)n);
+    uint64_t milli = (uint64_t)llround(p * 1000); /* p in thousandths of a percent */
+    uint64_t rank = (milli * (uint64_t)n + 99999) / 100000;
     size_t i = rank < 1 ? 0 : (size_t)rank - 1;
 
     return sorted[i < n ? i : n - 1];

@@ -17,7 +17,8 @@ typedef struct lat_summary {
 
 /* Sorts v in place. With n == 0 everything is 0. */
 void stats_summarize(int64_t *v, size_t n, lat_summary_t *out);
-/* Nearest-rank percentile p (0 < p <= 100) of sorted v[0..n), n > 0. */
+/* Nearest-rank percentile p (0 < p <= 100, at most three decimals) of
+ * sorted v[0..n), n > 0. */
 int64_t stats_percentile(const int64_t *sorted, size_t n, double p);
 
 /* Percent difference of x against base ((x - base) / base * 100); 0 when
