@@ -1,7 +1,7 @@
 /*
- * outboxbench's pure parts: nearest-rank percentiles, percent differences,
- * list parsing and the option table (defaults per command, options refused
- * where they do not apply, --relay-arg splitting).
+ * outboxbench's pure parts: nearest-rank percentiles and the latency curve,
+ * percent differences, list parsing and the option table (defaults per
+ * command, options refused where they do not apply, --relay-arg splitting).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+
+#include <math.h>
 
 #include "options.h"
 #include "latstats.h"
@@ -69,6 +71,37 @@ test_percentile_exact_rank(void **state)
     assert_int_equal(stats_percentile(v, 1000, 0.1), 1);
     assert_int_equal(stats_percentile(v, 1000, 0.15), 2);
     assert_int_equal(stats_percentile(v, 1000, 100), 1000);
+}
+
+static void
+test_latency_curve(void **state)
+{
+    int64_t v[1000];
+    double p[STATS_CURVE_MAX];
+    int64_t c[STATS_CURVE_MAX];
+    size_t n, i;
+
+    (void)state;
+    for (i = 0; i < 1000; i++)
+        v[i] = (int64_t)i + 1; /* sorted, 1..1000 */
+    n = stats_curve(v, 1000, p, c, STATS_CURVE_MAX);
+    assert_true(n > 200 && n <= STATS_CURVE_MAX);
+    assert_true(p[0] == 0);
+    assert_int_equal(c[0], 1); /* p 0: the minimum */
+    assert_true(p[n - 1] == 100);
+    assert_int_equal(c[n - 1], 1000);
+    for (i = 1; i < n; i++) {
+        assert_true(p[i] > p[i - 1]); /* strictly increasing, no float drift */
+        assert_true(c[i] >= c[i - 1]);
+        if (p[i] == 50)
+            assert_int_equal(c[i], 500);
+        if (fabs(p[i] - 99.9) < 1e-9)
+            assert_int_equal(c[i], 999);
+    }
+    /* Truncated to max, nothing for an empty sample. */
+    assert_int_equal(stats_curve(v, 1000, p, c, 3), 3);
+    assert_true(p[2] == 1.0);
+    assert_int_equal(stats_curve(v, 0, p, c, STATS_CURVE_MAX), 0);
 }
 
 static void
@@ -184,6 +217,7 @@ main(void)
         cmocka_unit_test(test_percentiles_nearest_rank),
         cmocka_unit_test(test_percentiles_small_samples),
         cmocka_unit_test(test_percentile_exact_rank),
+        cmocka_unit_test(test_latency_curve),
         cmocka_unit_test(test_diff_pct),
         cmocka_unit_test(test_parse_list),
         cmocka_unit_test(test_options_defaults_per_command),

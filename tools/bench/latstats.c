@@ -47,6 +47,42 @@ stats_summarize(int64_t *v, size_t n, lat_summary_t *out)
     out->p999 = stats_percentile(v, n, 99.9);
 }
 
+/* The curve's percentiles, in integer steps so none drifts (0.5 * k, not
+ * a sum of 0.5s). */
+static size_t
+curve_points(double *p, size_t max)
+{
+    size_t n = 0;
+    int k;
+
+    if (n < max)
+        p[n++] = 0;
+    for (k = 1; k <= 198 && n < max; k++)
+        p[n++] = k * 0.5;
+    for (k = 1; k <= 18 && n < max; k++)
+        p[n++] = 99 + k * 0.05;
+    for (k = 1; k <= 18 && n < max; k++)
+        p[n++] = 99.9 + k * 0.005;
+    if (n < max)
+        p[n++] = 99.999;
+    if (n < max)
+        p[n++] = 100;
+    return n;
+}
+
+size_t
+stats_curve(const int64_t *sorted, size_t n, double *p, int64_t *v, size_t max)
+{
+    size_t i, np;
+
+    if (n == 0)
+        return 0;
+    np = curve_points(p, max);
+    for (i = 0; i < np; i++)
+        v[i] = p[i] == 0 ? sorted[0] : stats_percentile(sorted, n, p[i]);
+    return np;
+}
+
 double
 stats_diff_pct(double x, double base)
 {
