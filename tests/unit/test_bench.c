@@ -1,7 +1,8 @@
 /*
  * outboxbench's pure parts: nearest-rank percentiles and the latency curve,
- * percent differences, list parsing and the option table (defaults per
- * command, options refused where they do not apply, --relay-arg splitting).
+ * percent differences, list parsing, the option table (defaults per command,
+ * options refused where they do not apply, --relay-arg splitting),
+ * claimcost's disk space estimate.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 
 #include "options.h"
 #include "latstats.h"
+#include "space.h"
 #include "util.h"
 
 static void
@@ -210,6 +212,67 @@ test_options_relay_args_split(void **state)
     assert_int_equal(parse(&o, "--start-servers", "drain", "--relay-arg", "workers 2", NULL), -1);
 }
 
+static void
+test_options_claimcost(void **state)
+{
+    bench_opts_t o;
+
+    (void)state;
+    assert_int_equal(parse(&o, "--start-servers", "claimcost", NULL), 0);
+    assert_int_equal(o.cmd, BENCH_CLAIMCOST);
+    assert_int_equal(o.ndelivered, 2);
+    assert_int_equal(o.delivered[0], 10000);
+    assert_int_equal(o.delivered[1], 10000000);
+    assert_int_equal(o.relay_batch, 500);
+    assert_int_equal(o.rounds, 30);
+    assert_int_equal(parse(&o, "--start-servers", "claimcost", "--delivered", "0,200000",
+                           "--batch-size", "100", "--rounds", "5", NULL),
+                     0);
+    assert_int_equal(o.delivered[1], 200000);
+    assert_int_equal(o.relay_batch, 100);
+    assert_int_equal(o.rounds, 5);
+    /* Ascending only: the table grows from one size to the next. */
+    assert_int_equal(parse(&o, "--start-servers", "claimcost", "--delivered", "10,5", NULL), -1);
+    assert_int_equal(parse(&o, "--start-servers", "claimcost", "--delivered", "10,10", NULL), -1);
+    assert_int_equal(parse(&o, "--start-servers", "claimcost", "--messages", "5", NULL), -1);
+    assert_int_equal(parse(&o, "--start-servers", "claimcost", "--seconds", "1", NULL), -1);
+}
+
+static void
+test_options_for_inner_command(void **state)
+{
+    bench_opts_t outer, in;
+
+    (void)state;
+    assert_int_equal(parse(&outer, "--db", "d", "--nats", "n", "--quiet", "--json", "/tmp/r.json",
+                           "--smoke", NULL),
+                     0);
+    bench_options_for(&outer, BENCH_DRAIN, &in);
+    assert_int_equal(in.cmd, BENCH_DRAIN);
+    assert_string_equal(in.db, "d");
+    assert_string_equal(in.nats, "n");
+    assert_int_equal(in.quiet, 1);
+    assert_null(in.json_file); /* the outer run writes the one document */
+    assert_int_equal(in.nworkers, 3);
+    assert_int_equal(in.messages, 100000);
+    bench_options_for(&outer, BENCH_PRODUCER, &in);
+    assert_int_equal(in.nconnections, 3);
+    assert_true(in.seconds == 5);
+    bench_options_for(&outer, BENCH_STEADY, &in);
+    assert_true(in.seconds == 10);
+    assert_int_equal(in.connections[0], 4);
+}
+
+static void
+test_space_needed(void **state)
+{
+    (void)state;
+    /* 10M delivered rows: the 12 GB the command asks for. */
+    assert_true(space_needed(10000000) == (int64_t)12000000000);
+    assert_true(space_needed(0) == 0);
+    assert_true(space_needed(-5) == 0);
+}
+
 int
 main(void)
 {
@@ -223,6 +286,9 @@ main(void)
         cmocka_unit_test(test_options_defaults_per_command),
         cmocka_unit_test(test_options_refused_where_they_do_not_apply),
         cmocka_unit_test(test_options_relay_args_split),
+        cmocka_unit_test(test_options_claimcost),
+        cmocka_unit_test(test_options_for_inner_command),
+        cmocka_unit_test(test_space_needed),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
