@@ -34,6 +34,7 @@ int cmd_drain(bench_t *b, const bench_opts_t *o, json_t *doc);
 int cmd_raw(bench_t *b, const bench_opts_t *o, json_t *doc);
 int cmd_smoke(bench_t *b, const bench_opts_t *o, json_t *doc);
 int cmd_claimcost(bench_t *b, const bench_opts_t *o, json_t *doc);
+int cmd_report(bench_t *b, const bench_opts_t *o, json_t *doc);
 
 /* Rows claimcost's table reaches with options o (its disk space check). */
 long long claimcost_rows(const bench_opts_t *o);

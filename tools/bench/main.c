@@ -66,6 +66,7 @@ dispatch(bench_t *b, const bench_opts_t *o, json_t *doc)
     case BENCH_RAW: return cmd_raw(b, o, doc);
     case BENCH_SMOKE: return cmd_smoke(b, o, doc);
     case BENCH_CLAIMCOST: return cmd_claimcost(b, o, doc);
+    case BENCH_REPORT: return cmd_report(b, o, doc);
     }
     return BENCH_EXIT_USAGE;
 }

@@ -12,7 +12,8 @@
 #include "util.h"
 
 #define ALL                                                                                        \
-    (BENCH_PRODUCER | BENCH_STEADY | BENCH_DRAIN | BENCH_RAW | BENCH_SMOKE | BENCH_CLAIMCOST)
+    (BENCH_PRODUCER | BENCH_STEADY | BENCH_DRAIN | BENCH_RAW | BENCH_SMOKE | BENCH_CLAIMCOST |     \
+     BENCH_REPORT)
 #define LOAD (BENCH_PRODUCER | BENCH_STEADY)
 #define RELAY (BENCH_STEADY | BENCH_DRAIN)
 
@@ -45,6 +46,8 @@ enum {
     O_REPEAT,
     O_DELIVERED,
     O_ROUNDS,
+    O_QUICK,
+    O_NO_CLAIMCOST,
     O_END
 };
 
@@ -77,6 +80,8 @@ static const struct option longopts[] = {
     {"repeat", required_argument, NULL, O_REPEAT},
     {"delivered", required_argument, NULL, O_DELIVERED},
     {"rounds", required_argument, NULL, O_ROUNDS},
+    {"quick", no_argument, NULL, O_QUICK},
+    {"no-claimcost", no_argument, NULL, O_NO_CLAIMCOST},
     {NULL, 0, NULL, 0},
 };
 
@@ -108,8 +113,10 @@ static const int applies[O_END - O_DB] = {
     [O_MESSAGES - O_DB] = BENCH_DRAIN | BENCH_RAW,
     [O_TIMEOUT - O_DB] = BENCH_DRAIN,
     [O_REPEAT - O_DB] = BENCH_PRODUCER,
-    [O_DELIVERED - O_DB] = BENCH_CLAIMCOST,
+    [O_DELIVERED - O_DB] = BENCH_CLAIMCOST | BENCH_REPORT,
     [O_ROUNDS - O_DB] = BENCH_CLAIMCOST,
+    [O_QUICK - O_DB] = BENCH_REPORT,
+    [O_NO_CLAIMCOST - O_DB] = BENCH_REPORT,
 };
 
 void
@@ -117,7 +124,7 @@ bench_usage(FILE *out)
 {
     fprintf(
         out,
-        "Usage: outboxbench [options] producer|steady|drain|raw|claimcost [options]\n"
+        "Usage: outboxbench [options] producer|steady|drain|raw|claimcost|report [options]\n"
         "       outboxbench [options] --smoke\n"
         "\n"
         "Benchmarks the outbox producer path, the relay (outboxd) and this machine's ceiling.\n"
@@ -163,6 +170,12 @@ bench_usage(FILE *out)
         "  --delivered LIST       delivered rows, ascending (default 10000,10000000)\n"
         "  --batch-size N         rows per claim (default 500)\n"
         "  --rounds R             timed claims per size (default 30)\n"
+        "report     every figure of the performance targets in one run (~15-25 min): raw, drain\n"
+        "           (JetStream 256 B / 4 KiB / 64 KiB, delete-delivered, core), steady, worker\n"
+        "           RSS, claimcost, producer; then a summary of the targets met\n"
+        "  --quick                smaller sizes, 1-2 min: checks the command, not the figures\n"
+        "  --no-claimcost         skip claimcost (its 10M rows take minutes and ~12 GB of disk)\n"
+        "  --delivered LIST       claimcost sizes (default 10000,10000000; --quick 10000,200000)\n"
         "\n"
         "Relay options (steady, drain; --relay-arg also producer):\n"
         "  --nats-mode jetstream|core   relay mode (drain counts with a subscription in core)\n"
@@ -185,6 +198,7 @@ bench_cmd_name(bench_cmd_t c)
     case BENCH_RAW: return "raw";
     case BENCH_SMOKE: return "smoke";
     case BENCH_CLAIMCOST: return "claimcost";
+    case BENCH_REPORT: return "report";
     }
     return "?";
 }
@@ -263,7 +277,7 @@ command_defaults(bench_opts_t *o, int seconds_set)
         o->seconds = o->cmd == BENCH_STEADY ? 10 : 5;
     if (o->ndelivered == 0) {
         o->delivered[0] = 10000;
-        o->delivered[1] = 10000000;
+        o->delivered[1] = o->cmd == BENCH_REPORT && o->quick ? 200000 : 10000000;
         o->ndelivered = 2;
     }
 }
@@ -310,9 +324,11 @@ bench_options_parse(int argc, char **argv, bench_opts_t *o)
                 o->cmd = BENCH_RAW;
             else if (strcmp(cmd, "claimcost") == 0)
                 o->cmd = BENCH_CLAIMCOST;
+            else if (strcmp(cmd, "report") == 0)
+                o->cmd = BENCH_REPORT;
             else {
-                bench_err("unknown command \"%s\" (producer, steady, drain, raw, claimcost, or "
-                          "--smoke)",
+                bench_err("unknown command \"%s\" (producer, steady, drain, raw, claimcost, "
+                          "report, or --smoke)",
                           cmd);
                 return -1;
             }
@@ -436,6 +452,8 @@ bench_options_parse(int argc, char **argv, bench_opts_t *o)
             if (bench_parse_long(optarg, "--rounds", 1, 10000, &o->rounds) != 0)
                 return -1;
             break;
+        case O_QUICK: o->quick = 1; break;
+        case O_NO_CLAIMCOST: o->no_claimcost = 1; break;
         default: bench_err("unknown option (see --help)"); return -1;
         }
     }
@@ -446,8 +464,8 @@ bench_options_parse(int argc, char **argv, bench_opts_t *o)
     if (smoke)
         o->cmd = BENCH_SMOKE;
     if (o->cmd == 0) {
-        bench_err("no command given (producer, steady, drain, raw, claimcost, or --smoke; see "
-                  "--help)");
+        bench_err("no command given (producer, steady, drain, raw, claimcost, report, or --smoke; "
+                  "see --help)");
         return -1;
     }
     for (i = 0; longopts[i].name != NULL; i++) {
@@ -464,6 +482,10 @@ bench_options_parse(int argc, char **argv, bench_opts_t *o)
     }
     if (o->cmd == BENCH_STEADY && o->nworkers > 1) {
         bench_err("--workers: steady takes one number, not a list");
+        return -1;
+    }
+    if (o->cmd == BENCH_REPORT && o->no_claimcost && seen[O_DELIVERED - O_DB]) {
+        bench_err("--delivered: claimcost sizes, but --no-claimcost skips claimcost");
         return -1;
     }
     if (o->cmd == BENCH_STEADY && o->api == BENCH_API_BOTH) {

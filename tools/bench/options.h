@@ -20,7 +20,8 @@ typedef enum bench_cmd {
     BENCH_DRAIN = 4,
     BENCH_RAW = 8,
     BENCH_SMOKE = 16,
-    BENCH_CLAIMCOST = 32
+    BENCH_CLAIMCOST = 32,
+    BENCH_REPORT = 64
 } bench_cmd_t;
 
 typedef enum bench_api { BENCH_API_SQL = 1, BENCH_API_C = 2, BENCH_API_BOTH = 3 } bench_api_t;
@@ -57,13 +58,15 @@ typedef struct bench_opts {
     long delivered[BENCH_LIST_MAX];
     int ndelivered;
     long rounds;
+    /* report */
+    int quick, no_claimcost;
 } bench_opts_t;
 
 /* Parse argv into o. Returns 0, 1 after --help (printed; exit 0), or -1 on
  * a usage error (printed; exit 2). Strings point into argv. */
 int bench_options_parse(int argc, char **argv, bench_opts_t *o);
 
-/* The options of sub-command cmd run inside another one (smoke):
+/* The options of sub-command cmd run inside another one (smoke, report):
  * cmd's defaults, with the where-options (servers, outboxd, quiet) of
  * outer. */
 void bench_options_for(const bench_opts_t *outer, bench_cmd_t cmd, bench_opts_t *out);

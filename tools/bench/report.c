@@ -220,9 +220,13 @@ report_params_json(const bench_opts_t *o)
     json_object_set_new(p, "relay_args", ra);
     json_object_set_new(p, "delete_delivered", json_boolean(o->delete_delivered));
     json_object_set_new(p, "repeat", json_integer(o->repeat));
-    if (o->cmd == BENCH_CLAIMCOST) {
+    if (o->cmd == BENCH_CLAIMCOST || o->cmd == BENCH_REPORT) {
         json_object_set_new(p, "delivered", list_json(o->delivered, o->ndelivered));
         json_object_set_new(p, "rounds", json_integer(o->rounds));
+    }
+    if (o->cmd == BENCH_REPORT) {
+        json_object_set_new(p, "quick", json_boolean(o->quick));
+        json_object_set_new(p, "claimcost", json_boolean(!o->no_claimcost));
     }
     return p;
 }
