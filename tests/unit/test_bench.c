@@ -241,15 +241,17 @@ test_options_claimcost_and_report(void **state)
     assert_int_equal(parse(&o, "--start-servers", "report", NULL), 0);
     assert_int_equal(o.cmd, BENCH_REPORT);
     assert_int_equal(o.delivered[1], 10000000);
-    assert_int_equal(parse(&o, "--start-servers", "report", "--quick", NULL), 0);
+    assert_int_equal(parse(&o, "--start-servers", "report", "--quick", "--plots", "/tmp/x", NULL),
+                     0);
     assert_int_equal(o.quick, 1);
+    assert_string_equal(o.plots_dir, "/tmp/x");
     assert_int_equal(o.delivered[1], 200000); /* --quick: a smaller claimcost */
     assert_int_equal(parse(&o, "--start-servers", "report", "--no-claimcost", NULL), 0);
     assert_int_equal(o.no_claimcost, 1);
     assert_int_equal(
         parse(&o, "--start-servers", "report", "--no-claimcost", "--delivered", "1,2", NULL), -1);
     assert_int_equal(parse(&o, "--start-servers", "report", "--rounds", "3", NULL), -1);
-    assert_int_equal(parse(&o, "--start-servers", "drain", "--quick", NULL), -1);
+    assert_int_equal(parse(&o, "--start-servers", "drain", "--plots", "/tmp/x", NULL), -1);
 }
 
 static void

@@ -2,8 +2,8 @@
  * report: every figure of the performance targets in one invocation against
  * the same servers: the other commands run one after another, each with
  * options copied and adjusted as --smoke does, each result kept under
- * "parts" in the JSON; then a throughput table and a summary of the
- * targets. A part that fails is recorded and the
+ * "parts" in the JSON; then a throughput table, a summary of the targets
+ * and, with --plots, gnuplot files. A part that fails is recorded and the
  * rest still run (a 20-minute run is not thrown away for one figure); the
  * exit code is then 1. Missing a target is a result, not a failure.
  */
@@ -14,6 +14,7 @@
 
 #include "bench.h"
 #include "db.h"
+#include "plots.h"
 #include "report.h"
 #include "space.h"
 #include "targets.h"
@@ -154,8 +155,8 @@ build_parts(const bench_opts_t *o, const sizes_t *z, part_t *p)
     p[P_CLAIMCOST].o.ndelivered = o->ndelivered;
 }
 
-/* Fail in the first second, not after 20 minutes: the JSON file must be
- * writable, claimcost's disk space there. */
+/* Fail in the first second, not after 20 minutes: the JSON file and the
+ * plot directory must be writable, claimcost's disk space there. */
 static int
 preflight(bench_t *b, const bench_opts_t *o, const part_t *p)
 {
@@ -171,6 +172,8 @@ preflight(bench_t *b, const bench_opts_t *o, const part_t *p)
         if (!existed)
             unlink(o->json_file);
     }
+    if (o->plots_dir != NULL && plots_prepare(o->plots_dir) != 0)
+        return -1;
     if (o->no_claimcost)
         return 0;
     if ((c = db_connect(b->db, "report")) == NULL)
@@ -367,6 +370,25 @@ throughput_table(const part_t *p, json_t *parts)
     report_table_free(t);
 }
 
+static int
+plots(const bench_opts_t *o, const part_t *p, json_t *parts)
+{
+    static const int thr[] = {P_JS_256, P_JS_4K, P_JS_64K, P_JS_256_DD, P_CORE_256};
+    static const int lat[] = {P_STEADY_1K, P_STEADY_10K_2, P_STEADY_10K_8};
+    plot_series_t ts[5], ls[3];
+    size_t i;
+
+    for (i = 0; i < 5; i++)
+        ts[i] =
+            (plot_series_t){p[thr[i]].key, p[thr[i]].label, json_object_get(parts, p[thr[i]].key)};
+    for (i = 0; i < 3; i++)
+        ls[i] =
+            (plot_series_t){p[lat[i]].key, p[lat[i]].label, json_object_get(parts, p[lat[i]].key)};
+    return plots_write(o->plots_dir, ts, 5,
+                       fig_raw_step(json_object_get(parts, p[P_RAW].key), "claim + publish + mark"),
+                       "raw claim + publish + mark, 256 B", ls, 3);
+}
+
 int
 cmd_report(bench_t *b, const bench_opts_t *o, json_t *doc)
 {
@@ -409,6 +431,8 @@ cmd_report(bench_t *b, const bench_opts_t *o, json_t *doc)
     summary(o, p, parts, doc);
     json_object_set_new(doc, "failed_parts", failed);
     rc = json_array_size(failed) == 0 && !bench_stopping() ? BENCH_EXIT_OK : BENCH_EXIT_FAIL;
+    if (o->plots_dir != NULL && !bench_stopping() && plots(o, p, parts) != 0)
+        rc = BENCH_EXIT_FAIL;
     printf("\nreport: %d parts in %.1f min%s\n", nrun, (double)(bench_now_us() - t0) / 60e6,
            json_array_size(failed) > 0 ? "; some failed (see failed_parts)" : "");
     return rc;

@@ -47,6 +47,7 @@ enum {
     O_DELIVERED,
     O_ROUNDS,
     O_QUICK,
+    O_PLOTS,
     O_NO_CLAIMCOST,
     O_END
 };
@@ -81,6 +82,7 @@ static const struct option longopts[] = {
     {"delivered", required_argument, NULL, O_DELIVERED},
     {"rounds", required_argument, NULL, O_ROUNDS},
     {"quick", no_argument, NULL, O_QUICK},
+    {"plots", required_argument, NULL, O_PLOTS},
     {"no-claimcost", no_argument, NULL, O_NO_CLAIMCOST},
     {NULL, 0, NULL, 0},
 };
@@ -116,6 +118,7 @@ static const int applies[O_END - O_DB] = {
     [O_DELIVERED - O_DB] = BENCH_CLAIMCOST | BENCH_REPORT,
     [O_ROUNDS - O_DB] = BENCH_CLAIMCOST,
     [O_QUICK - O_DB] = BENCH_REPORT,
+    [O_PLOTS - O_DB] = BENCH_REPORT,
     [O_NO_CLAIMCOST - O_DB] = BENCH_REPORT,
 };
 
@@ -174,6 +177,7 @@ bench_usage(FILE *out)
         "           (JetStream 256 B / 4 KiB / 64 KiB, delete-delivered, core), steady, worker\n"
         "           RSS, claimcost, producer; then a summary of the targets met\n"
         "  --quick                smaller sizes, 1-2 min: checks the command, not the figures\n"
+        "  --plots DIR            gnuplot data and script in DIR; PNGs when gnuplot is on PATH\n"
         "  --no-claimcost         skip claimcost (its 10M rows take minutes and ~12 GB of disk)\n"
         "  --delivered LIST       claimcost sizes (default 10000,10000000; --quick 10000,200000)\n"
         "\n"
@@ -453,6 +457,7 @@ bench_options_parse(int argc, char **argv, bench_opts_t *o)
                 return -1;
             break;
         case O_QUICK: o->quick = 1; break;
+        case O_PLOTS: o->plots_dir = optarg; break;
         case O_NO_CLAIMCOST: o->no_claimcost = 1; break;
         default: bench_err("unknown option (see --help)"); return -1;
         }

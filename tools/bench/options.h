@@ -60,6 +60,7 @@ typedef struct bench_opts {
     long rounds;
     /* report */
     int quick, no_claimcost;
+    const char *plots_dir;
 } bench_opts_t;
 
 /* Parse argv into o. Returns 0, 1 after --help (printed; exit 0), or -1 on
