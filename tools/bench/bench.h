@@ -33,6 +33,11 @@ int cmd_steady(bench_t *b, const bench_opts_t *o, json_t *doc);
 int cmd_drain(bench_t *b, const bench_opts_t *o, json_t *doc);
 int cmd_raw(bench_t *b, const bench_opts_t *o, json_t *doc);
 int cmd_smoke(bench_t *b, const bench_opts_t *o, json_t *doc);
+int cmd_claimcost(bench_t *b, const bench_opts_t *o, json_t *doc);
+int cmd_report(bench_t *b, const bench_opts_t *o, json_t *doc);
+
+/* Rows claimcost's table reaches with options o (its disk space check). */
+long long claimcost_rows(const bench_opts_t *o);
 
 /* Migrate the run's schema once (outboxd migrate); 0 or -1. */
 int bench_schema_ready(bench_t *b);

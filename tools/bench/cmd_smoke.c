@@ -38,10 +38,10 @@ producer_sane(json_t *part)
 int
 cmd_smoke(bench_t *b, const bench_opts_t *o, json_t *doc)
 {
-    bench_opts_t p = *o, s = *o, d = *o, r = *o;
-    const bench_opts_t *runs[] = {&p, &s, &d, &r};
-    int (*const fns[])(bench_t *, const bench_opts_t *, json_t *) = {cmd_producer, cmd_steady,
-                                                                     cmd_drain, cmd_raw};
+    bench_opts_t p = *o, s = *o, d = *o, r = *o, c;
+    const bench_opts_t *runs[] = {&p, &s, &d, &r, &c};
+    int (*const fns[])(bench_t *, const bench_opts_t *,
+                       json_t *) = {cmd_producer, cmd_steady, cmd_drain, cmd_raw, cmd_claimcost};
     json_t *parts = json_object(), *part;
     int64_t t0 = bench_now_us();
     int rc = BENCH_EXIT_OK;
@@ -85,7 +85,14 @@ cmd_smoke(bench_t *b, const bench_opts_t *o, json_t *doc)
     r.body_size = 64;
     r.headers = 1;
 
-    for (i = 0; i < 4 && rc == BENCH_EXIT_OK; i++) {
+    bench_options_for(o, BENCH_CLAIMCOST, &c);
+    c.delivered[0] = 1000;
+    c.delivered[1] = 5000;
+    c.ndelivered = 2;
+    c.relay_batch = 100;
+    c.rounds = 5;
+
+    for (i = 0; i < sizeof(runs) / sizeof(runs[0]) && rc == BENCH_EXIT_OK; i++) {
         const char *name = bench_cmd_name(runs[i]->cmd);
 
         part = json_object();

@@ -72,6 +72,23 @@ kv(report_table_t *t, json_t *j, const char *key, const char *label, double v, c
         report_json_num(j, key, v);
 }
 
+/* The distribution for plots (report --plots): [[percentile, ms], ...]
+ * from the sorted latencies; absent when none was received. */
+static void
+curve_json(const int64_t *sorted, size_t n, json_t *res)
+{
+    double p[STATS_CURVE_MAX];
+    int64_t v[STATS_CURVE_MAX];
+    size_t i, np = stats_curve(sorted, n, p, v, STATS_CURVE_MAX);
+    json_t *a;
+
+    if (np == 0 || (a = json_array()) == NULL)
+        return;
+    for (i = 0; i < np; i++)
+        json_array_append_new(a, json_pack("[f, f]", p[i], (double)v[i] / 1000));
+    json_object_set_new(res, "latency_curve", a);
+}
+
 int
 cmd_steady(bench_t *b, const bench_opts_t *o, json_t *doc)
 {
@@ -213,6 +230,7 @@ cmd_steady(bench_t *b, const bench_opts_t *o, json_t *doc)
                 "grace %.1f s after the last commit",
                 o->grace);
     report_table_print(t, stdout);
+    curve_json(lat, nlat, res); /* lat is sorted (stats_summarize) */
     json_object_set_new(doc, "results", res);
     res = NULL;
     if (missing > 0) {

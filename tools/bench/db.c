@@ -164,6 +164,77 @@ db_preload(PGconn *c, const char *qtable, const char *topic, long long first, lo
     return 0;
 }
 
+static int
+set_user_triggers(PGconn *c, const char *qtable, int enable)
+{
+    char sql[512];
+
+    snprintf(sql, sizeof(sql), "ALTER TABLE %s %s TRIGGER USER", qtable,
+             enable ? "ENABLE" : "DISABLE");
+    return db_exec(c, sql);
+}
+
+int
+db_preload_delivered(PGconn *c, const char *qtable, const char *topic, long long n, long body_size,
+                     long headers)
+{
+    char sql[1024], hdrs[4096], count[24], size[24];
+    const char *params[4] = {topic, hdrs, size, count};
+    long long done = 0, chunk;
+    int64_t t0 = bench_now_us();
+    double el;
+    PGresult *r;
+    int rc = -1;
+
+    db_headers_json(headers, hdrs, sizeof(hdrs));
+    snprintf(size, sizeof(size), "%ld", body_size);
+    snprintf(sql, sizeof(sql),
+             "INSERT INTO %s (topic, msg_key, headers, body, state, processed_on)"
+             " SELECT $1, 'bench', $2::jsonb,"
+             " convert_to(i::text || ' ' || repeat('x', greatest($3::int - length(i::text) - 1,"
+             " 0)), 'UTF8'), 1, now()"
+             " FROM generate_series(1, $4::bigint) AS i",
+             qtable);
+    if (set_user_triggers(c, qtable, 0) != 0)
+        return -1;
+    while (done < n) {
+        if (bench_stopping())
+            goto done;
+        chunk = n - done < DB_DELIVERED_CHUNK ? n - done : DB_DELIVERED_CHUNK;
+        snprintf(count, sizeof(count), "%lld", chunk);
+        r = PQexecParams(c, sql, 4, NULL, params, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            report(c, "delivered rows INSERT ... SELECT generate_series", r);
+            PQclear(r);
+            goto done;
+        }
+        PQclear(r);
+        done += chunk;
+        el = (double)(bench_now_us() - t0) / 1e6;
+        bench_info("delivered rows: %lld of %lld added in %.0f s (~%.0f s to go)", done, n, el,
+                   el / (double)done * (double)(n - done));
+    }
+    rc = 0;
+done:
+    if (set_user_triggers(c, qtable, 1) != 0)
+        rc = -1;
+    return rc;
+}
+
+int
+db_table_bytes(PGconn *c, const char *qtable, long long *out)
+{
+    char sql[512], *lit;
+    int rc;
+
+    if ((lit = PQescapeLiteral(c, qtable, strlen(qtable))) == NULL)
+        return -1;
+    snprintf(sql, sizeof(sql), "SELECT pg_total_relation_size(%s::regclass)", lit);
+    PQfreemem(lit);
+    rc = db_scalar(c, sql, out);
+    return rc;
+}
+
 int
 db_checkpoint(PGconn *c)
 {

@@ -30,6 +30,19 @@ char *db_qident(PGconn *c, const char *name);
 int db_preload(PGconn *c, const char *qtable, const char *topic, long long first, long long n,
                long body_size, long headers);
 
+/* Add n DELIVERED rows (state 1, processed_on now()), generated server side
+ * like db_preload() in chunks of DB_DELIVERED_CHUNK, a progress line per
+ * chunk. The table's user triggers are disabled for the load: they only
+ * validate what a producer inserts and would double a 10M-row load, and no
+ * relay ever reads these rows' topic or headers. No ANALYZE: the caller
+ * runs VACUUM ANALYZE once the table is complete. 0 or -1. */
+#define DB_DELIVERED_CHUNK 250000
+int db_preload_delivered(PGconn *c, const char *qtable, const char *topic, long long n,
+                         long body_size, long headers);
+
+/* pg_total_relation_size of the table (heap, indexes, TOAST). */
+int db_table_bytes(PGconn *c, const char *qtable, long long *out);
+
 /* Empty the table between measurements: DELETE, then VACUUM without
  * truncation, not TRUNCATE. TRUNCATE gives the table new files and the
  * next checkpoint unlinks the old ones; the file system's work on those

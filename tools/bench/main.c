@@ -56,46 +56,6 @@ done:
     return rc;
 }
 
-static json_t *
-list_json(const long *v, int n)
-{
-    json_t *a = json_array();
-    int i;
-
-    for (i = 0; i < n; i++)
-        json_array_append_new(a, json_integer(v[i]));
-    return a;
-}
-
-static void
-params_json(const bench_opts_t *o, json_t *doc)
-{
-    json_t *p = json_object(), *ra = json_array();
-    int i;
-
-    for (i = 0; i < o->nrelay_args; i++)
-        json_array_append_new(ra, json_string(o->relay_args[i]));
-    json_object_set_new(p, "connections", list_json(o->connections, o->nconnections));
-    json_object_set_new(p, "batch", json_integer(o->batch));
-    json_object_set_new(p, "seconds", json_real(o->seconds));
-    json_object_set_new(p, "body_size", json_integer(o->body_size));
-    json_object_set_new(p, "headers", json_integer(o->headers));
-    json_object_set_new(p, "api",
-                        json_string(o->api == BENCH_API_SQL ? "sql"
-                                    : o->api == BENCH_API_C ? "c"
-                                                            : "both"));
-    json_object_set_new(p, "rate", json_real(o->rate));
-    json_object_set_new(p, "jitter", json_boolean(o->jitter));
-    json_object_set_new(p, "grace", json_real(o->grace));
-    json_object_set_new(p, "workers", list_json(o->workers, o->nworkers));
-    json_object_set_new(p, "nats_mode", json_string(o->nats_core ? "core" : "jetstream"));
-    json_object_set_new(p, "batch_size", json_integer(o->relay_batch));
-    json_object_set_new(p, "messages", json_integer(o->messages));
-    json_object_set_new(p, "timeout", json_real(o->timeout));
-    json_object_set_new(p, "relay_args", ra);
-    json_object_set_new(doc, "params", p);
-}
-
 static int
 dispatch(bench_t *b, const bench_opts_t *o, json_t *doc)
 {
@@ -105,6 +65,8 @@ dispatch(bench_t *b, const bench_opts_t *o, json_t *doc)
     case BENCH_DRAIN: return cmd_drain(b, o, doc);
     case BENCH_RAW: return cmd_raw(b, o, doc);
     case BENCH_SMOKE: return cmd_smoke(b, o, doc);
+    case BENCH_CLAIMCOST: return cmd_claimcost(b, o, doc);
+    case BENCH_REPORT: return cmd_report(b, o, doc);
     }
     return BENCH_EXIT_USAGE;
 }
@@ -147,7 +109,7 @@ main(int argc, char **argv)
     session = 1;
     if (describe_server(&b, doc) != 0)
         goto done;
-    params_json(&o, doc);
+    json_object_set_new(doc, "params", report_params_json(&o));
     rc = dispatch(&b, &o, doc);
     if (bench_stopping() && rc == BENCH_EXIT_OK)
         rc = BENCH_EXIT_FAIL;

@@ -11,7 +11,9 @@
 #include "options.h"
 #include "util.h"
 
-#define ALL (BENCH_PRODUCER | BENCH_STEADY | BENCH_DRAIN | BENCH_RAW | BENCH_SMOKE)
+#define ALL                                                                                        \
+    (BENCH_PRODUCER | BENCH_STEADY | BENCH_DRAIN | BENCH_RAW | BENCH_SMOKE | BENCH_CLAIMCOST |     \
+     BENCH_REPORT)
 #define LOAD (BENCH_PRODUCER | BENCH_STEADY)
 #define RELAY (BENCH_STEADY | BENCH_DRAIN)
 
@@ -42,6 +44,11 @@ enum {
     O_MESSAGES,
     O_TIMEOUT,
     O_REPEAT,
+    O_DELIVERED,
+    O_ROUNDS,
+    O_QUICK,
+    O_PLOTS,
+    O_NO_CLAIMCOST,
     O_END
 };
 
@@ -72,6 +79,11 @@ static const struct option longopts[] = {
     {"messages", required_argument, NULL, O_MESSAGES},
     {"timeout", required_argument, NULL, O_TIMEOUT},
     {"repeat", required_argument, NULL, O_REPEAT},
+    {"delivered", required_argument, NULL, O_DELIVERED},
+    {"rounds", required_argument, NULL, O_ROUNDS},
+    {"quick", no_argument, NULL, O_QUICK},
+    {"plots", required_argument, NULL, O_PLOTS},
+    {"no-claimcost", no_argument, NULL, O_NO_CLAIMCOST},
     {NULL, 0, NULL, 0},
 };
 
@@ -99,10 +111,15 @@ static const int applies[O_END - O_DB] = {
     [O_WORKERS - O_DB] = RELAY,
     [O_RELAY_ARG - O_DB] = RELAY | BENCH_PRODUCER,
     [O_NATS_MODE - O_DB] = RELAY,
-    [O_BATCH_SIZE - O_DB] = RELAY | BENCH_RAW,
+    [O_BATCH_SIZE - O_DB] = RELAY | BENCH_RAW | BENCH_CLAIMCOST,
     [O_MESSAGES - O_DB] = BENCH_DRAIN | BENCH_RAW,
     [O_TIMEOUT - O_DB] = BENCH_DRAIN,
     [O_REPEAT - O_DB] = BENCH_PRODUCER,
+    [O_DELIVERED - O_DB] = BENCH_CLAIMCOST | BENCH_REPORT,
+    [O_ROUNDS - O_DB] = BENCH_CLAIMCOST,
+    [O_QUICK - O_DB] = BENCH_REPORT,
+    [O_PLOTS - O_DB] = BENCH_REPORT,
+    [O_NO_CLAIMCOST - O_DB] = BENCH_REPORT,
 };
 
 void
@@ -110,7 +127,7 @@ bench_usage(FILE *out)
 {
     fprintf(
         out,
-        "Usage: outboxbench [options] producer|steady|drain|raw [options]\n"
+        "Usage: outboxbench [options] producer|steady|drain|raw|claimcost|report [options]\n"
         "       outboxbench [options] --smoke\n"
         "\n"
         "Benchmarks the outbox producer path, the relay (outboxd) and this machine's ceiling.\n"
@@ -150,6 +167,19 @@ bench_usage(FILE *out)
         "  --timeout S            longest wait for one drain (default 300)\n"
         "raw        ceiling without relay logic: SQL claim+mark, NATS publish, both\n"
         "  --messages M (default 100000)  --batch-size N (default 500)  --body-size S --headers H\n"
+        "claimcost  claim cost against the number of DELIVERED rows the table holds: per size,\n"
+        "           claim + mark-delivered rounds through liboutbox's Store (own schema, grown\n"
+        "           from one size to the next; needs ~1.2 kB free per row on the server's disk)\n"
+        "  --delivered LIST       delivered rows, ascending (default 10000,10000000)\n"
+        "  --batch-size N         rows per claim (default 500)\n"
+        "  --rounds R             timed claims per size (default 30)\n"
+        "report     every figure of the performance targets in one run (~15-25 min): raw, drain\n"
+        "           (JetStream 256 B / 4 KiB / 64 KiB, delete-delivered, core), steady, worker\n"
+        "           RSS, claimcost, producer; then a summary of the targets met\n"
+        "  --quick                smaller sizes, 1-2 min: checks the command, not the figures\n"
+        "  --plots DIR            gnuplot data and script in DIR; PNGs when gnuplot is on PATH\n"
+        "  --no-claimcost         skip claimcost (its 10M rows take minutes and ~12 GB of disk)\n"
+        "  --delivered LIST       claimcost sizes (default 10000,10000000; --quick 10000,200000)\n"
         "\n"
         "Relay options (steady, drain; --relay-arg also producer):\n"
         "  --nats-mode jetstream|core   relay mode (drain counts with a subscription in core)\n"
@@ -171,6 +201,8 @@ bench_cmd_name(bench_cmd_t c)
     case BENCH_DRAIN: return "drain";
     case BENCH_RAW: return "raw";
     case BENCH_SMOKE: return "smoke";
+    case BENCH_CLAIMCOST: return "claimcost";
+    case BENCH_REPORT: return "report";
     }
     return "?";
 }
@@ -216,6 +248,7 @@ defaults(bench_opts_t *o)
     o->relay_batch = 500;
     o->messages = 100000;
     o->timeout = 300;
+    o->rounds = 30;
 }
 
 /* Defaults that differ by sub-command, for what was not given. */
@@ -246,6 +279,25 @@ command_defaults(bench_opts_t *o, int seconds_set)
     }
     if (!seconds_set)
         o->seconds = o->cmd == BENCH_STEADY ? 10 : 5;
+    if (o->ndelivered == 0) {
+        o->delivered[0] = 10000;
+        o->delivered[1] = o->cmd == BENCH_REPORT && o->quick ? 200000 : 10000000;
+        o->ndelivered = 2;
+    }
+}
+
+void
+bench_options_for(const bench_opts_t *outer, bench_cmd_t cmd, bench_opts_t *out)
+{
+    defaults(out);
+    out->cmd = cmd;
+    out->db = outer->db;
+    out->nats = outer->nats;
+    out->outboxd = outer->outboxd;
+    out->servers_script = outer->servers_script;
+    out->start_servers = outer->start_servers;
+    out->quiet = outer->quiet;
+    command_defaults(out, 0);
 }
 
 int
@@ -274,8 +326,14 @@ bench_options_parse(int argc, char **argv, bench_opts_t *o)
                 o->cmd = BENCH_DRAIN;
             else if (strcmp(cmd, "raw") == 0)
                 o->cmd = BENCH_RAW;
+            else if (strcmp(cmd, "claimcost") == 0)
+                o->cmd = BENCH_CLAIMCOST;
+            else if (strcmp(cmd, "report") == 0)
+                o->cmd = BENCH_REPORT;
             else {
-                bench_err("unknown command \"%s\" (producer, steady, drain, raw, or --smoke)", cmd);
+                bench_err("unknown command \"%s\" (producer, steady, drain, raw, claimcost, "
+                          "report, or --smoke)",
+                          cmd);
                 return -1;
             }
             continue;
@@ -381,6 +439,26 @@ bench_options_parse(int argc, char **argv, bench_opts_t *o)
             if (bench_parse_double(optarg, "--timeout", 1, 86400, &o->timeout) != 0)
                 return -1;
             break;
+        case O_DELIVERED:
+            if ((o->ndelivered = bench_parse_list(optarg, "--delivered", 0, BENCH_DELIVERED_MAX,
+                                                  o->delivered, BENCH_LIST_MAX)) < 0)
+                return -1;
+            for (i = 1; i < o->ndelivered; i++) {
+                if (o->delivered[i] <= o->delivered[i - 1]) {
+                    bench_err("--delivered: \"%s\" is not ascending (the table grows from one "
+                              "size to the next)",
+                              optarg);
+                    return -1;
+                }
+            }
+            break;
+        case O_ROUNDS:
+            if (bench_parse_long(optarg, "--rounds", 1, 10000, &o->rounds) != 0)
+                return -1;
+            break;
+        case O_QUICK: o->quick = 1; break;
+        case O_PLOTS: o->plots_dir = optarg; break;
+        case O_NO_CLAIMCOST: o->no_claimcost = 1; break;
         default: bench_err("unknown option (see --help)"); return -1;
         }
     }
@@ -391,7 +469,8 @@ bench_options_parse(int argc, char **argv, bench_opts_t *o)
     if (smoke)
         o->cmd = BENCH_SMOKE;
     if (o->cmd == 0) {
-        bench_err("no command given (producer, steady, drain, raw, or --smoke; see --help)");
+        bench_err("no command given (producer, steady, drain, raw, claimcost, report, or --smoke; "
+                  "see --help)");
         return -1;
     }
     for (i = 0; longopts[i].name != NULL; i++) {
@@ -408,6 +487,10 @@ bench_options_parse(int argc, char **argv, bench_opts_t *o)
     }
     if (o->cmd == BENCH_STEADY && o->nworkers > 1) {
         bench_err("--workers: steady takes one number, not a list");
+        return -1;
+    }
+    if (o->cmd == BENCH_REPORT && o->no_claimcost && seen[O_DELIVERED - O_DB]) {
+        bench_err("--delivered: claimcost sizes, but --no-claimcost skips claimcost");
         return -1;
     }
     if (o->cmd == BENCH_STEADY && o->api == BENCH_API_BOTH) {

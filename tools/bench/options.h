@@ -11,14 +11,17 @@
 
 #define BENCH_LIST_MAX 16
 #define BENCH_REPEAT_MAX 20
-#define BENCH_RELAY_ARGS_MAX 64 /* argv tokens passed through to outboxd run */
+#define BENCH_RELAY_ARGS_MAX 64       /* argv tokens passed through to outboxd run */
+#define BENCH_DELIVERED_MAX 100000000 /* claimcost: ~120 GB of disk */
 
 typedef enum bench_cmd {
     BENCH_PRODUCER = 1,
     BENCH_STEADY = 2,
     BENCH_DRAIN = 4,
     BENCH_RAW = 8,
-    BENCH_SMOKE = 16
+    BENCH_SMOKE = 16,
+    BENCH_CLAIMCOST = 32,
+    BENCH_REPORT = 64
 } bench_cmd_t;
 
 typedef enum bench_api { BENCH_API_SQL = 1, BENCH_API_C = 2, BENCH_API_BOTH = 3 } bench_api_t;
@@ -51,11 +54,23 @@ typedef struct bench_opts {
     /* drain / raw */
     long messages;
     double timeout;
+    /* claimcost: delivered-row counts, ascending (the table grows) */
+    long delivered[BENCH_LIST_MAX];
+    int ndelivered;
+    long rounds;
+    /* report */
+    int quick, no_claimcost;
+    const char *plots_dir;
 } bench_opts_t;
 
 /* Parse argv into o. Returns 0, 1 after --help (printed; exit 0), or -1 on
  * a usage error (printed; exit 2). Strings point into argv. */
 int bench_options_parse(int argc, char **argv, bench_opts_t *o);
+
+/* The options of sub-command cmd run inside another one (smoke, report):
+ * cmd's defaults, with the where-options (servers, outboxd, quiet) of
+ * outer. */
+void bench_options_for(const bench_opts_t *outer, bench_cmd_t cmd, bench_opts_t *out);
 
 const char *bench_cmd_name(bench_cmd_t c);
 void bench_usage(FILE *out);

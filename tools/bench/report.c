@@ -180,3 +180,53 @@ report_json_num(json_t *obj, const char *key, double v)
 {
     json_object_set_new(obj, key, isfinite(v) ? json_real(v) : json_null());
 }
+
+static json_t *
+list_json(const long *v, int n)
+{
+    json_t *a = json_array();
+    int i;
+
+    for (i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(v[i]));
+    return a;
+}
+
+json_t *
+report_params_json(const bench_opts_t *o)
+{
+    json_t *p = json_object(), *ra = json_array();
+    int i;
+
+    for (i = 0; i < o->nrelay_args; i++)
+        json_array_append_new(ra, json_string(o->relay_args[i]));
+    json_object_set_new(p, "connections", list_json(o->connections, o->nconnections));
+    json_object_set_new(p, "batch", json_integer(o->batch));
+    json_object_set_new(p, "seconds", json_real(o->seconds));
+    json_object_set_new(p, "body_size", json_integer(o->body_size));
+    json_object_set_new(p, "headers", json_integer(o->headers));
+    json_object_set_new(p, "api",
+                        json_string(o->api == BENCH_API_SQL ? "sql"
+                                    : o->api == BENCH_API_C ? "c"
+                                                            : "both"));
+    json_object_set_new(p, "rate", json_real(o->rate));
+    json_object_set_new(p, "jitter", json_boolean(o->jitter));
+    json_object_set_new(p, "grace", json_real(o->grace));
+    json_object_set_new(p, "workers", list_json(o->workers, o->nworkers));
+    json_object_set_new(p, "nats_mode", json_string(o->nats_core ? "core" : "jetstream"));
+    json_object_set_new(p, "batch_size", json_integer(o->relay_batch));
+    json_object_set_new(p, "messages", json_integer(o->messages));
+    json_object_set_new(p, "timeout", json_real(o->timeout));
+    json_object_set_new(p, "relay_args", ra);
+    json_object_set_new(p, "delete_delivered", json_boolean(o->delete_delivered));
+    json_object_set_new(p, "repeat", json_integer(o->repeat));
+    if (o->cmd == BENCH_CLAIMCOST || o->cmd == BENCH_REPORT) {
+        json_object_set_new(p, "delivered", list_json(o->delivered, o->ndelivered));
+        json_object_set_new(p, "rounds", json_integer(o->rounds));
+    }
+    if (o->cmd == BENCH_REPORT) {
+        json_object_set_new(p, "quick", json_boolean(o->quick));
+        json_object_set_new(p, "claimcost", json_boolean(!o->no_claimcost));
+    }
+    return p;
+}

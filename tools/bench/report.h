@@ -10,6 +10,8 @@
 
 #include <jansson.h>
 
+#include "options.h"
+
 #define REPORT_COLS_MAX 16
 
 typedef struct report_table report_table_t;
@@ -30,5 +32,8 @@ int report_json_write(const json_t *doc, const char *path);
 
 /* Add a number that may be absent (NaN -> null). */
 void report_json_num(json_t *obj, const char *key, double v);
+
+/* The options a run used, as a new JSON object (caller owns it). */
+json_t *report_params_json(const bench_opts_t *o);
 
 #endif
