@@ -19,7 +19,7 @@
 #include "outbox/store.h"
 #include "stats.h"
 
-typedef enum { T_STR, T_INT, T_DUR, T_DUR_NEVER, T_DBL, T_ENUM } key_type_t;
+typedef enum { T_STR, T_INT, T_DUR, T_DUR_NEVER, T_DBL, T_ENUM, T_SIZE } key_type_t;
 
 typedef struct key {
     const char *name;
@@ -59,6 +59,9 @@ static const cfg_key_t keys[] = {
      "append logs to this file, reopened on SIGUSR1 (empty: stderr)"},
     {"batch_size", T_INT, "500", "records", 1, 10000, true, OFF(batch_size), NULL,
      "records claimed and published per batch"},
+    {"batch_bytes", T_SIZE, "1MiB", "bytes", 0, 1024.0 * 1024 * 1024, true, OFF(batch_bytes), NULL,
+     "a batch also stops once its bodies reach this size (at least one record; 0: no limit): "
+     "bounds a worker's memory"},
     {"process_interval", T_DUR, "1s", "duration", 1, DAY, true, OFF(process_interval_ms), NULL,
      "poll period while the outbox is idle"},
     {"linger", T_DUR, "50ms", "duration", 0, DAY, true, OFF(linger_ms), NULL,
@@ -168,6 +171,38 @@ outbox_parse_duration(const char *s, bool allow_never, int64_t *ms)
     return -1;
 }
 
+/* "4096", "512KiB", "4MiB", "1GiB" (KiB/MiB/GiB, also K/M/G or KB/MB/GB:
+ * all binary). 0 on success. */
+static int
+parse_size(const char *s, int64_t *out)
+{
+    static const struct {
+        const char *unit;
+        int64_t mul;
+    } units[] = {{"", 1},          {"B", 1},        {"K", 1 << 10},  {"KB", 1 << 10},
+                 {"KiB", 1 << 10}, {"M", 1 << 20},  {"MB", 1 << 20}, {"MiB", 1 << 20},
+                 {"G", 1 << 30},   {"GB", 1 << 30}, {"GiB", 1 << 30}};
+    char *end;
+    long long v;
+    size_t i;
+
+    if (!isdigit((unsigned char)s[0]))
+        return -1;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno != 0 || v < 0)
+        return -1;
+    for (i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(end, units[i].unit) == 0) {
+            if (v > INT64_MAX / units[i].mul)
+                return -1;
+            *out = v * units[i].mul;
+            return 0;
+        }
+    }
+    return -1;
+}
+
 static int
 set_key(outbox_config_t *cfg, const cfg_key_t *k, const char *value, char *err, size_t errlen)
 {
@@ -213,6 +248,18 @@ set_key(outbox_config_t *cfg, const cfg_key_t *k, const char *value, char *err, 
         if (iv >= 0 && ((double)iv < k->min || (double)iv > k->max)) {
             snprintf(err, errlen, "%s: %s is out of range (%.0fms to %.0fms)", k->name, value,
                      k->min, k->max);
+            return OUTBOX_ERR_CONFIG;
+        }
+        *(int64_t *)p = iv;
+        return OUTBOX_OK;
+    case T_SIZE:
+        if (parse_size(value, &iv) != 0) {
+            snprintf(err, errlen, "%s: \"%s\" is not a size (use e.g. 0, 65536, 512KiB, 4MiB)",
+                     k->name, value);
+            return OUTBOX_ERR_CONFIG;
+        }
+        if ((double)iv < k->min || (double)iv > k->max) {
+            snprintf(err, errlen, "%s: %s is out of range (0 to 1GiB)", k->name, value);
             return OUTBOX_ERR_CONFIG;
         }
         *(int64_t *)p = iv;
@@ -746,6 +793,17 @@ format_value(const outbox_config_t *cfg, const cfg_key_t *k, bool redact, char *
             snprintf(buf, len, "%s", *(char *const *)p);
         break;
     case T_INT: snprintf(buf, len, "%lld", (long long)*(const int64_t *)p); break;
+    case T_SIZE:
+        iv = *(const int64_t *)p;
+        if (iv != 0 && iv % (1 << 30) == 0)
+            snprintf(buf, len, "%lldGiB", (long long)(iv >> 30));
+        else if (iv != 0 && iv % (1 << 20) == 0)
+            snprintf(buf, len, "%lldMiB", (long long)(iv >> 20));
+        else if (iv != 0 && iv % (1 << 10) == 0)
+            snprintf(buf, len, "%lldKiB", (long long)(iv >> 10));
+        else
+            snprintf(buf, len, "%lld", (long long)iv);
+        break;
     case T_DUR:
     case T_DUR_NEVER:
         iv = *(const int64_t *)p;

@@ -25,6 +25,7 @@ typedef struct outbox_config {
     char *log_file;
 
     int64_t batch_size;
+    int64_t batch_bytes;
     int64_t process_interval_ms;
     int64_t linger_ms;
     int64_t lock_check_interval_ms;

@@ -52,7 +52,6 @@ enum {
 
 enum {
     S_CLAIM_ORDERED,
-    S_CLAIM_TX,
     S_BY_LOCK,
     S_DELIVERED,
     S_DELIVERED_DELETE,
@@ -95,6 +94,17 @@ enum {
     " WHERE t.id = p.id RETURNING t.*)"                                                            \
     " SELECT " COLS " FROM u ORDER BY seq"
 
+/* The transaction-scoped claim (per-key ordering off): row locks of an
+ * open transaction are the claim, held until the mark's COMMIT. No row is
+ * written to claim it, a dead relay's locks vanish with its session, and
+ * SKIP LOCKED keeps relays apart. A cursor: each FETCH locks only the rows
+ * it returns, never more than asked. Rows locked_by a relay of the per-key
+ * kind are left alone. */
+#define CLAIM_DECLARE                                                                              \
+    "DECLARE outbox_claim NO SCROLL CURSOR FOR SELECT " COLS " FROM @T@"                           \
+    " WHERE state = 0 AND locked_by IS NULL AND next_attempt_at <= now()"                          \
+    " ORDER BY seq FOR UPDATE SKIP LOCKED"
+
 static const struct {
     const char *name;
     int nparams;
@@ -119,17 +129,6 @@ static const struct {
                         " s AS (SELECT id FROM ok o WHERE crashes > 0 AND (msg_key IS NULL OR"
                         " seq = (SELECT min(seq) FROM ok o2 WHERE o2.msg_key = o.msg_key))"
                         " ORDER BY seq LIMIT 1)," CLAIM_UPDATE},
-    /* The transaction-scoped claim (per-key ordering off): row locks of an
-     * open transaction are the claim, held until the mark's COMMIT. No row
-     * is written to claim it, a dead relay's locks vanish with its session,
-     * and SKIP LOCKED keeps relays apart. Rows locked_by a relay of the
-     * per-key kind are left alone. LockRows above the Limit: never more
-     * than $1 rows locked. */
-    [S_CLAIM_TX] = {"outbox_claim_tx",
-                    1,
-                    {INT4OID},
-                    "SELECT " COLS " FROM @T@ WHERE state = 0 AND locked_by IS NULL"
-                    " AND next_attempt_at <= now() ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"},
     [S_BY_LOCK] = {"outbox_by_lock",
                    1,
                    {TEXTOID},
@@ -262,6 +261,9 @@ typedef struct pg_store {
     bool per_key_order;    /* column claim (locked_by); else the transaction claim */
     bool delete_delivered; /* retention 0: a delivered row is deleted */
     bool in_tx;            /* a claim transaction is open (its rows are locked) */
+    int64_t batch_bytes;   /* transaction claim: stop once the bodies reach this (0: no) */
+    int64_t row_bytes;     /* body bytes per row of the last batch: sizes the FETCH */
+    char *sql_declare;     /* the claim cursor */
     bool end_pending;      /* an empty claim's COMMIT was sent, its result not read */
     char *sql[S_COUNT];
 } pg_store_t;
@@ -435,6 +437,7 @@ typedef struct step {
     int st;
     const char *sql;
     const char *const *values;
+    int binary; /* sql: results in binary (a FETCH of the claim cursor) */
 } step_t;
 
 /*
@@ -453,11 +456,11 @@ pipeline(pg_store_t *s, const step_t *steps, int n, int keep, PGresult **out)
     if (PQenterPipelineMode(s->conn) != 1)
         return fail(s, OUTBOX_ERR_UNREACHABLE, "%s", "cannot enter pipeline mode");
     for (i = 0; i < n; i++) {
-        int ok =
-            steps[i].st >= 0
-                ? PQsendQueryPrepared(s->conn, stmts[steps[i].st].name, stmts[steps[i].st].nparams,
-                                      steps[i].values, NULL, NULL, 1)
-                : PQsendQueryParams(s->conn, steps[i].sql, 0, NULL, NULL, NULL, NULL, 0);
+        int ok = steps[i].st >= 0 ? PQsendQueryPrepared(s->conn, stmts[steps[i].st].name,
+                                                        stmts[steps[i].st].nparams, steps[i].values,
+                                                        NULL, NULL, 1)
+                                  : PQsendQueryParams(s->conn, steps[i].sql, 0, NULL, NULL, NULL,
+                                                      NULL, steps[i].binary);
 
         if (!ok)
             break;
@@ -647,21 +650,26 @@ done:
 /* Copy a result of COLS rows into out: size everything first, reserve once
  * (so arena pointers never move), then copy. */
 static int
-fill(pg_store_t *s, PGresult *res, int only, outbox_batch_t *out)
+fill_many(pg_store_t *s, PGresult *const *results, int nres, int only, outbox_batch_t *out)
 {
-    size_t bytes = 0, nhdrs = 0;
-    int rows = PQntuples(res), first = 0, i, c, len;
+    size_t bytes = 0, nhdrs = 0, nrec = 0;
+    int k, g = 0, i, c, len;
+    PGresult *res;
     const char *p;
     outbox_record_t *r;
     uuid_t u;
 
-    if (PQnfields(res) != C_NCOLS)
-        return fail(s, OUTBOX_ERR_SCHEMA, "%s has unexpected columns", s->names.qtable);
-    if (only >= 0) {
-        first = only;
-        rows = only + 1;
-    }
-    for (i = first; i < rows; i++) {
+    /* g: the row's index over all results; only >= 0 keeps that one row */
+#define EACH_ROW                                                                                   \
+    for (k = 0, g = 0; k < nres; k++)                                                              \
+        for (res = results[k], i = 0; i < PQntuples(res); i++, g++)                                \
+            if (only < 0 || g == only)
+    for (k = 0; k < nres; k++)
+        if (PQnfields(results[k]) != C_NCOLS)
+            return fail(s, OUTBOX_ERR_SCHEMA, "%s has unexpected columns", s->names.qtable);
+    EACH_ROW
+    {
+        nrec++;
         bytes += OUTBOX_ID_LEN + 1;
         for (c = C_TOPIC; c < C_NCOLS; c++)
             bytes += (size_t)PQgetlength(res, i, c) + 1;
@@ -672,9 +680,10 @@ fill(pg_store_t *s, PGresult *res, int only, outbox_batch_t *out)
         for (c = 0; c < len; c++)
             nhdrs += p[c] == '"';
     }
-    if (outbox_batch_reserve(out, (size_t)(rows - first), nhdrs / 4, bytes) != OUTBOX_OK)
+    if (outbox_batch_reserve(out, nrec, nhdrs / 4, bytes) != OUTBOX_OK)
         return fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory for a batch");
-    for (i = first; i < rows; i++) {
+    EACH_ROW
+    {
         r = outbox_batch_push(out);
         if (PQgetlength(res, i, C_ID) != 16 || PQgetlength(res, i, C_SEQ) != 8)
             return fail(s, OUTBOX_ERR_SCHEMA, "%s has unexpected column types", s->names.qtable);
@@ -704,34 +713,67 @@ fill(pg_store_t *s, PGresult *res, int only, outbox_batch_t *out)
                 OUTBOX_OK)
             return fail(s, OUTBOX_ERR_PERMANENT, "record %s has unreadable headers", r->id);
     }
+#undef EACH_ROW
     return OUTBOX_OK;
 }
 
-/* The first suspect (crashes > 0) of a claim result, -1 if none: it goes
- * alone, its batch mates stay locked but untouched until the COMMIT. */
 static int
-first_suspect(const PGresult *res)
+fill(pg_store_t *s, PGresult *res, int only, outbox_batch_t *out)
 {
-    int rows = PQntuples(res), i;
+    return fill_many(s, &res, 1, only, out);
+}
 
-    for (i = 0; i < rows; i++)
-        if (be(PQgetvalue(res, i, C_CRASHES), 4) != 0)
-            return i;
+/* The first suspect (crashes > 0) of the claim's results, as an index over
+ * all their rows, -1 if none: it goes alone, its batch mates stay locked
+ * but untouched until the COMMIT. */
+static int
+first_suspect(PGresult *const *results, int nres)
+{
+    int k, i, g = 0;
+
+    for (k = 0; k < nres; k++)
+        for (i = 0; i < PQntuples(results[k]); i++, g++)
+            if (be(PQgetvalue(results[k], i, C_CRASHES), 4) != 0)
+                return g;
     return -1;
 }
 
-/* Transaction claim: BEGIN and the locking SELECT in one round trip; an
- * empty result ends the transaction without a wait. */
+#define CLAIM_FETCHES 16      /* most FETCHes one claim makes */
+#define ROW_BYTES_MIN 64      /* least body bytes per row assumed */
+#define ROW_BYTES_FIRST 65536 /* first batch: a few rows, then sized by what came */
+
+static int64_t
+body_bytes(const PGresult *res)
+{
+    int64_t n = 0;
+    int i;
+
+    for (i = 0; i < PQntuples(res); i++)
+        n += PQgetlength(res, i, C_BODY);
+    return n;
+}
+
+/*
+ * Transaction claim: BEGIN, the claim cursor and its first FETCH in one
+ * round trip; the cursor locks the rows as they are fetched, so a batch
+ * bounded by batch_bytes leaves the rows it does not take to other relays.
+ * Rows are fetched by the estimate of the last batches' body size; more
+ * FETCHes (rarely) until the count or the bytes are reached. An empty
+ * result ends the transaction without a wait.
+ */
 static int
 claim_tx(pg_store_t *s, int limit, outbox_batch_t *out)
 {
-    char lim[16];
-    const char *values[1] = {lim};
-    step_t steps[2] = {{-1, "BEGIN", NULL}, {S_CLAIM_TX, NULL, values}};
-    PGresult *res = NULL;
-    int rc;
+    PGresult *res[CLAIM_FETCHES];
+    char fetch[48];
+    step_t steps[3] = {{-1, "BEGIN", NULL, 0}, {-1, s->sql_declare, NULL, 0}, {-1, fetch, NULL, 1}};
+    int64_t bytes = 0, per = s->row_bytes > ROW_BYTES_MIN ? s->row_bytes : ROW_BYTES_MIN;
+    int nres = 0, total = 0, want, rc, k;
 
-    snprintf(lim, sizeof(lim), "%d", limit);
+    want = s->batch_bytes > 0 && s->batch_bytes / per < limit ? (int)(s->batch_bytes / per) : limit;
+    if (want < 1)
+        want = 1;
+    snprintf(fetch, sizeof(fetch), "FETCH %d FROM outbox_claim", want);
     if ((rc = ready(s)) != OUTBOX_OK)
         return rc;
     if (s->in_tx)
@@ -739,21 +781,50 @@ claim_tx(pg_store_t *s, int limit, outbox_batch_t *out)
     if (s->conn == NULL && (rc = ready(s)) != OUTBOX_OK)
         return rc;
     s->in_tx = true;
-    if ((rc = pipeline(s, steps, 2, 1, &res)) != OUTBOX_OK) {
+    res[0] = NULL;
+    if ((rc = pipeline(s, steps, 3, 2, &res[0])) != OUTBOX_OK) {
         s->in_tx = false;
         return rc;
     }
-    if (PQntuples(res) == 0) {
-        PQclear(res);
+    nres = 1;
+    for (;;) {
+        int got = PQntuples(res[nres - 1]);
+
+        total += got;
+        bytes += body_bytes(res[nres - 1]);
+        if (got < want || total >= limit || nres == CLAIM_FETCHES ||
+            (s->batch_bytes > 0 && bytes >= s->batch_bytes))
+            break;
+        per = total > 0 && bytes / total > ROW_BYTES_MIN ? bytes / total : ROW_BYTES_MIN;
+        want = s->batch_bytes > 0 ? (int)((s->batch_bytes - bytes) / per) : limit - total;
+        if (want > limit - total)
+            want = limit - total;
+        if (want < 1)
+            want = 1;
+        snprintf(fetch, sizeof(fetch), "FETCH %d FROM outbox_claim", want);
+        res[nres] = PQexecParams(s->conn, fetch, 0, NULL, NULL, NULL, NULL, 1);
+        if (PQresultStatus(res[nres]) != PGRES_TUPLES_OK) {
+            rc = failed(s, "claim fetch", res[nres]);
+            goto fail;
+        }
+        nres++;
+    }
+    if (total > 0)
+        s->row_bytes = bytes / total;
+    if (total == 0) {
+        PQclear(res[0]);
         end_later(s);
         return OUTBOX_OK;
     }
-    rc = fill(s, res, first_suspect(res), out);
-    PQclear(res);
-    if (rc != OUTBOX_OK) {
-        outbox_batch_reset(out);
-        rollback(s);
-    }
+    rc = fill_many(s, res, nres, first_suspect(res, nres), out);
+    if (rc == OUTBOX_OK)
+        goto done;
+fail:
+    outbox_batch_reset(out);
+    rollback(s);
+done:
+    for (k = 0; k < nres; k++)
+        PQclear(res[k]);
     return rc;
 }
 
@@ -944,10 +1015,10 @@ mark_tx(pg_store_t *s, const char *lock_id, const outbox_mark_t *marks, size_t n
     mv[1] = json;
     if (ndelivered > 0)
         steps[nsteps++] =
-            (step_t){s->delete_delivered ? S_DELIVERED_DELETE : S_DELIVERED, NULL, dv};
+            (step_t){s->delete_delivered ? S_DELIVERED_DELETE : S_DELIVERED, NULL, dv, 0};
     if (json != NULL)
-        steps[nsteps++] = (step_t){S_MARK_TX, NULL, mv};
-    steps[nsteps++] = (step_t){-1, "COMMIT", NULL};
+        steps[nsteps++] = (step_t){S_MARK_TX, NULL, mv, 0};
+    steps[nsteps++] = (step_t){-1, "COMMIT", NULL, 0};
     rc = pipeline(s, steps, nsteps, -1, &res);
     s->in_tx = false;
     if (rc == OUTBOX_OK && updated != NULL)
@@ -1168,6 +1239,7 @@ pg_destroy(outbox_store_t *base)
     PQfinish(s->conn);
     free(s->conninfo);
     free(s->application_name);
+    free(s->sql_declare);
     free(s->qlisteners);
     outbox_pg_names_free(&s->names);
     for (i = 0; i < S_COUNT; i++)
@@ -1207,6 +1279,8 @@ outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt, cha
     s->idle_tx_timeout_ms = opt->idle_tx_timeout_ms;
     s->per_key_order = opt->per_key_order;
     s->delete_delivered = opt->delete_delivered;
+    s->batch_bytes = opt->batch_bytes;
+    s->row_bytes = ROW_BYTES_FIRST;
     rc = outbox_pg_names_init(&s->names, opt->schema, opt->table, s->base.err, sizeof(s->base.err));
     if (rc != OUTBOX_OK)
         goto done;
@@ -1222,6 +1296,10 @@ outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt, cha
     }
     free(qidle);
     qidle = qidle_lit;
+    if ((s->sql_declare = subst(CLAIM_DECLARE, s->names.qtable, NULL, NULL)) == NULL) {
+        rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");
+        goto done;
+    }
     for (i = 0; i < S_COUNT; i++) {
         if ((s->sql[i] = subst(stmts[i].sql, s->names.qtable, s->qlisteners, qidle)) == NULL) {
             rc = fail(s, OUTBOX_ERR_NOMEM, "%s", "out of memory");

@@ -235,6 +235,7 @@ connect_all(worker_t *w)
             .statement_timeout_ms = (int)w->cfg.statement_timeout_ms,
             .per_key_order = w->cfg.per_key_order != 0,
             .delete_delivered = w->cfg.retention_ms == 0,
+            .batch_bytes = w->cfg.batch_bytes,
             .idle_tx_timeout_ms = (int)w->cfg.max_lock_time_ms,
             .application_name = appname,
         };

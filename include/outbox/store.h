@@ -101,6 +101,8 @@ typedef struct outbox_pg_options {
                                      claim); else a claim is the row locks of a transaction
                                      held open until the mark commits it */
     bool delete_delivered;        /* a DELIVERED mark deletes the row (retention 0) */
+    int64_t batch_bytes;          /* transaction claim: a batch stops once its bodies reach
+                                     this many bytes (at least one record); 0 = count only */
     int idle_tx_timeout_ms;       /* idle_in_transaction_session_timeout: frees the claim of
                                      a relay whose host vanished; 0 = server default */
     const char *application_name; /* NULL: "outboxd" (the keeper finds a dead relay's

@@ -751,6 +751,41 @@ test_tx_dead_relay_crash_counted(void **state)
     outbox_store_destroy(keeper);
 }
 
+/* batch_bytes: a claim stops once its bodies reach the size (at least one
+ * record), and leaves the rows it did not take unlocked for others. */
+static void
+test_tx_claim_bounded_by_bytes(void **state)
+{
+    fx_t *f = *state;
+    char app[OUTBOX_PG_APPNAME_MAX + 1];
+    outbox_pg_options_t o = {.conninfo = f->ci, .batch_bytes = 3000, .application_name = app};
+    outbox_store_t *a = NULL, *b = tx_store(f->ci, "B", false);
+    outbox_batch_t bb;
+    char err[512];
+
+    outbox_pg_appname("A", app);
+    assert_int_equal(outbox_pg_store_create(&a, &o, err, sizeof(err)), OUTBOX_OK);
+    outbox_batch_init(&bb);
+    th_exec(f->c, "SELECT outbox_enqueue('t.' || g, NULL, '{}', decode(repeat('ab', 1000), 'hex')) "
+                  "FROM generate_series(1, 10) g");
+    /* 1000-byte bodies, 3000 bytes a batch: three records */
+    assert_int_equal(outbox_store_claim(a, "A", 100, &f->b), OUTBOX_OK);
+    assert_int_equal(f->b.n, 3);
+    /* the others are free for another relay meanwhile */
+    assert_int_equal(outbox_store_claim(b, "B", 100, &bb), OUTBOX_OK);
+    assert_int_equal(bb.n, 7);
+    outbox_store_clear_locks_by_lock_id(a, "A", NULL);
+    outbox_store_clear_locks_by_lock_id(b, "B", NULL);
+    /* one body larger than the limit still goes, alone */
+    th_exec(f->c, "UPDATE outbox SET body = decode(repeat('ab', 5000), 'hex') WHERE topic = 't.1'");
+    assert_int_equal(outbox_store_claim(a, "A", 100, &f->b), OUTBOX_OK);
+    assert_true(f->b.n >= 1);
+    assert_string_equal(f->b.recs[0].msg.topic, "t.1");
+    outbox_batch_free(&bb);
+    outbox_store_destroy(a);
+    outbox_store_destroy(b);
+}
+
 /* retention 0: a delivered row is deleted by the mark; the others stay. */
 static void
 test_tx_delete_delivered(void **state)
@@ -1219,6 +1254,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_tx_claim_holds_row_locks_until_mark, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tx_dead_relay_crash_counted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tx_delete_delivered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tx_claim_bounded_by_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_effects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_delivered_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_lock_rules, setup, teardown),

@@ -51,27 +51,19 @@ test_bad_values_name_the_key(void **state)
     static const struct {
         const char *key, *value;
     } bad[] = {
-        {"batch_size", "0"},
-        {"batch_size", "10001"},
-        {"batch_size", "ten"},
-        {"batch_size", "5x"},
-        {"process_interval", "0"},
-        {"process_interval", "5"},
-        {"lock_check_interval", "-1s"},
-        {"max_lock_time", "soon"},
-        {"nats_mode", "both"},
-        {"log_level", "loud"},
-        {"retry_multiplier", "0.5"},
-        {"retry_jitter", "2"},
-        {"max_attempts", "-1"},
-        {"cleanup_batch", "0"},
-        {"retention", "sometimes"},
-        {"publish_timeout", "0"},
-        {"workers", "0"},
-        {"workers", "65"},
-        {"drain_timeout", "0"},
-        {"worker_timeout", "10ms"},
-        {"ready_timeout", "0"},
+        {"batch_size", "0"},        {"batch_size", "10001"},
+        {"batch_size", "ten"},      {"batch_size", "5x"},
+        {"batch_bytes", "-1"},      {"batch_bytes", "1.5MiB"},
+        {"batch_bytes", "4TiB"},    {"batch_bytes", "2GiB"},
+        {"batch_bytes", " 1MiB"},   {"process_interval", "0"},
+        {"process_interval", "5"},  {"lock_check_interval", "-1s"},
+        {"max_lock_time", "soon"},  {"nats_mode", "both"},
+        {"log_level", "loud"},      {"retry_multiplier", "0.5"},
+        {"retry_jitter", "2"},      {"max_attempts", "-1"},
+        {"cleanup_batch", "0"},     {"retention", "sometimes"},
+        {"publish_timeout", "0"},   {"workers", "0"},
+        {"workers", "65"},          {"drain_timeout", "0"},
+        {"worker_timeout", "10ms"}, {"ready_timeout", "0"},
     };
     outbox_config_t cfg;
     char err[512];
@@ -275,23 +267,26 @@ test_serialize_round_trip(void **state)
         {"instance", "orders"},
         {"log_file", "/tmp/x y.log"},
         {"nats_mode", "core"},
+        {"batch_bytes", "512KiB"},
     };
-    char *k[10], *v[10], *buf = NULL, *buf2 = NULL, err[512];
+    char *k[11], *v[11], *buf = NULL, *buf2 = NULL, err[512];
     outbox_config_t a, b;
     size_t i, len = 0, len2 = 0;
     (void)state;
 
-    for (i = 0; i < 10; i++) {
+    for (i = 0; i < 11; i++) {
         k[i] = (char *)set[i][0];
         v[i] = (char *)set[i][1];
     }
-    assert_int_equal(outbox_config_load(&a, NULL, k, v, 10, err, sizeof(err)), OUTBOX_OK);
+    assert_int_equal(outbox_config_load(&a, NULL, k, v, 11, err, sizeof(err)), OUTBOX_OK);
+    assert_int_equal(a.batch_bytes, 512 * 1024);
     assert_int_equal(outbox_config_serialize(&a, &buf, &len), OUTBOX_OK);
     assert_int_equal(outbox_config_deserialize(&b, buf, len, err, sizeof(err)), OUTBOX_OK);
     assert_string_equal(b.db, a.db);
     assert_string_equal(b.nats_url, a.nats_url);
     assert_true(b.retry_multiplier == a.retry_multiplier);
     assert_int_equal(b.process_interval_ms, 250);
+    assert_int_equal(b.batch_bytes, 512 * 1024);
     assert_int_equal(b.retention_ms, -1);
     assert_int_equal(b.workers, 7);
     assert_int_equal(b.nats_mode, a.nats_mode);
