@@ -105,6 +105,22 @@ enum {
     " WHERE state = 0 AND locked_by IS NULL AND next_attempt_at <= now()"                          \
     " ORDER BY seq FOR UPDATE SKIP LOCKED"
 
+/* The marks of $2 (a JSON array) applied to their rows; a WHERE follows. */
+#define MARK_SET                                                                                   \
+    "UPDATE @T@ AS t SET"                                                                          \
+    " state = CASE m.kind WHEN 0 THEN 1 WHEN 2 THEN 2 ELSE t.state END,"                           \
+    " processed_on = CASE WHEN m.kind IN (0, 2) THEN now() ELSE t.processed_on END,"               \
+    " locked_by = NULL, locked_on = NULL,"                                                         \
+    " attempts = t.attempts + CASE WHEN m.kind = 3 THEN 0 ELSE m.charge END,"                      \
+    " last_attempt_on = CASE WHEN m.kind <> 3 AND m.charge > 0 THEN now()"                         \
+    " ELSE t.last_attempt_on END,"                                                                 \
+    " last_error = CASE WHEN m.kind IN (1, 2) AND m.err IS NOT NULL THEN m.err"                    \
+    " ELSE t.last_error END,"                                                                      \
+    " next_attempt_at = CASE WHEN m.kind = 1 THEN now() + m.delay_ms::float8 *"                    \
+    " interval '1 millisecond' ELSE t.next_attempt_at END"                                         \
+    " FROM jsonb_to_recordset($2) AS m(id uuid, kind int, charge int,"                             \
+    " delay_ms bigint, err text)"
+
 static const struct {
     const char *name;
     int nparams;
@@ -153,38 +169,12 @@ static const struct {
     [S_MARK] = {"outbox_mark",
                 2,
                 {TEXTOID, JSONBOID},
-                "UPDATE @T@ AS t SET"
-                " state = CASE m.kind WHEN 0 THEN 1 WHEN 2 THEN 2 ELSE t.state END,"
-                " processed_on = CASE WHEN m.kind IN (0, 2) THEN now() ELSE t.processed_on END,"
-                " locked_by = NULL, locked_on = NULL,"
-                " attempts = t.attempts + CASE WHEN m.kind = 3 THEN 0 ELSE m.charge END,"
-                " last_attempt_on = CASE WHEN m.kind <> 3 AND m.charge > 0 THEN now()"
-                " ELSE t.last_attempt_on END,"
-                " last_error = CASE WHEN m.kind IN (1, 2) AND m.err IS NOT NULL THEN m.err"
-                " ELSE t.last_error END,"
-                " next_attempt_at = CASE WHEN m.kind = 1 THEN now() + m.delay_ms::float8 *"
-                " interval '1 millisecond' ELSE t.next_attempt_at END"
-                " FROM jsonb_to_recordset($2) AS m(id uuid, kind int, charge int,"
-                " delay_ms bigint, err text)"
-                " WHERE t.id = m.id AND t.state = 0 AND (m.kind = 0 OR t.locked_by = $1)"},
+                MARK_SET " WHERE t.id = m.id AND t.state = 0 AND (m.kind = 0 OR t.locked_by = $1)"},
     /* Inside the claim transaction: the row locks are ours. */
     [S_MARK_TX] = {"outbox_mark_tx",
                    2,
                    {TEXTOID, JSONBOID},
-                   "UPDATE @T@ AS t SET"
-                   " state = CASE m.kind WHEN 0 THEN 1 WHEN 2 THEN 2 ELSE t.state END,"
-                   " processed_on = CASE WHEN m.kind IN (0, 2) THEN now() ELSE t.processed_on END,"
-                   " locked_by = NULL, locked_on = NULL,"
-                   " attempts = t.attempts + CASE WHEN m.kind = 3 THEN 0 ELSE m.charge END,"
-                   " last_attempt_on = CASE WHEN m.kind <> 3 AND m.charge > 0 THEN now()"
-                   " ELSE t.last_attempt_on END,"
-                   " last_error = CASE WHEN m.kind IN (1, 2) AND m.err IS NOT NULL THEN m.err"
-                   " ELSE t.last_error END,"
-                   " next_attempt_at = CASE WHEN m.kind = 1 THEN now() + m.delay_ms::float8 *"
-                   " interval '1 millisecond' ELSE t.next_attempt_at END"
-                   " FROM jsonb_to_recordset($2) AS m(id uuid, kind int, charge int,"
-                   " delay_ms bigint, err text)"
-                   " WHERE t.id = m.id AND t.state = 0 AND $1::text IS NOT NULL"},
+                   MARK_SET " WHERE t.id = m.id AND t.state = 0 AND $1::text IS NOT NULL"},
     /* Only pending rows: a row leaves PENDING through mark, which clears
      * its lock, and a lock on any other row would not matter. The filter
      * lets this periodic scan use the pending index. */

@@ -777,3 +777,55 @@ th_nats_pause(th_servers_t *s, int paused)
         fail_msg("cannot %s nats-server (pid %d)", paused ? "pause" : "resume", s->env.nats_pid);
     }
 }
+
+int
+th_run(char *const argv[], char **out, int64_t timeout_ms)
+{
+    static int n;
+    char path[256];
+    FILE *f;
+    long len;
+    int st;
+    pid_t p;
+
+    snprintf(path, sizeof(path), "/tmp/outbox-run-%d-%d.out", (int)getpid(), ++n);
+    unlink(path);
+    p = th_spawn(argv, path);
+    if (th_wait(p, timeout_ms, &st) != 1) {
+        th_stop(p, 1000);
+        unlink(path);
+        fail_msg("%s did not end within %lld ms", argv[0], (long long)timeout_ms);
+    }
+    if (out != NULL) {
+        f = fopen(path, "r");
+        if (f == NULL) {
+            fail_msg("cannot read the output of %s", argv[0]);
+        }
+        fseek(f, 0, SEEK_END);
+        len = ftell(f);
+        rewind(f);
+        *out = calloc(1, (size_t)len + 1);
+        if (*out == NULL || fread(*out, 1, (size_t)len, f) != (size_t)len) {
+            fail_msg("cannot read the output of %s", argv[0]);
+        }
+        fclose(f);
+    }
+    unlink(path);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+void
+th_dump_file(const char *path, const char *title)
+{
+    char line[1024];
+    FILE *f = fopen(path, "r");
+
+    if (f == NULL) {
+        return;
+    }
+    fprintf(stderr, "---- %s %s ----\n", title, path);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        fputs(line, stderr);
+    }
+    fclose(f);
+}

@@ -61,6 +61,12 @@ pid_t th_spawn(char *const argv[], const char *logfile);
 int th_wait(pid_t pid, int64_t timeout_ms, int *status);
 /* SIGTERM, wait up to timeout_ms, then SIGKILL; returns the wait status. */
 int th_stop(pid_t pid, int64_t timeout_ms);
+/* Run argv to its end (at most timeout_ms, else the test fails); its
+ * stdout and stderr into *out (malloc'd, caller frees) when out is not
+ * NULL. Returns the exit status, or 128 + the signal that ended it. */
+int th_run(char *const argv[], char **out, int64_t timeout_ms);
+/* Copy a file (a daemon's log) to stderr under a title; silent if absent. */
+void th_dump_file(const char *path, const char *title);
 
 /* Private servers for tests that stop/restart them. */
 typedef struct th_servers {

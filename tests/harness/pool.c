@@ -61,15 +61,7 @@ pool_close(pool_t *c)
 void
 pool_dump_log(const pool_t *c)
 {
-    char line[1024];
-    FILE *f = fopen(c->log, "r");
-
-    if (f == NULL)
-        return;
-    fprintf(stderr, "---- outboxd log %s ----\n", c->log);
-    while (fgets(line, sizeof(line), f) != NULL)
-        fputs(line, stderr);
-    fclose(f);
+    th_dump_file(c->log, "outboxd log");
 }
 
 int
@@ -313,30 +305,11 @@ pool_outboxstat_json(const pool_t *c)
 char *
 pool_outboxstat_text(const pool_t *c, const char *mode, int want_status)
 {
-    char bin[512], out[256], *text;
+    char bin[512], *text = NULL;
     char *argv[] = {bin, "-i", (char *)c->prefix, (char *)mode, NULL};
-    FILE *f;
-    long n;
-    int st;
-    pid_t p;
 
     th_bin(bin, sizeof(bin), "outboxstat");
-    snprintf(out, sizeof(out), "/tmp/outbox-sup-%s.txt", c->prefix);
-    unlink(out);
-    p = th_spawn(argv, out);
-    assert_int_equal(th_wait(p, 10000, &st), 1);
-    assert_true(WIFEXITED(st));
-    assert_int_equal(WEXITSTATUS(st), want_status);
-    f = fopen(out, "r");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    rewind(f);
-    text = calloc(1, (size_t)n + 1);
-    assert_non_null(text);
-    assert_int_equal(fread(text, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    unlink(out);
+    assert_int_equal(th_run(argv, &text, 10000), want_status);
     return text;
 }
 

@@ -27,32 +27,12 @@ static int
 outboxd(const pool_t *c, char **out, const char *a1, const char *a2, const char *a3, const char *a4,
         const char *a5)
 {
-    char bin[512], path[256];
+    char bin[512];
     char *argv[] = {bin,        "-c",       (char *)c->conf, (char *)a1, (char *)a2,
                     (char *)a3, (char *)a4, (char *)a5,      NULL};
-    FILE *f;
-    long n;
-    int st;
-    pid_t p;
 
     th_bin(bin, sizeof(bin), "outboxd");
-    snprintf(path, sizeof(path), "/tmp/outbox-cmd-%s.out", c->prefix);
-    unlink(path);
-    p = th_spawn(argv, path);
-    assert_int_equal(th_wait(p, 30000, &st), 1);
-    if (out != NULL) {
-        f = fopen(path, "r");
-        assert_non_null(f);
-        fseek(f, 0, SEEK_END);
-        n = ftell(f);
-        rewind(f);
-        *out = calloc(1, (size_t)n + 1);
-        assert_non_null(*out);
-        assert_int_equal(fread(*out, 1, (size_t)n, f), (size_t)n);
-        fclose(f);
-    }
-    unlink(path);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return th_run(argv, out, 30000);
 }
 
 /* Wait until the SQL count query returns want. */

@@ -97,15 +97,7 @@ relay_start(ctx_t *c, const char *mode)
 static void
 dump_log(const ctx_t *c)
 {
-    char line[1024];
-    FILE *f = fopen(c->log, "r");
-
-    if (f == NULL)
-        return;
-    fprintf(stderr, "---- relay log %s ----\n", c->log);
-    while (fgets(line, sizeof(line), f) != NULL)
-        fputs(line, stderr);
-    fclose(f);
+    th_dump_file(c->log, "relay log");
 }
 
 static uint64_t

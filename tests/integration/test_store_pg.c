@@ -43,6 +43,9 @@ migrate(const char *ci, const char *schema, const char *table, int want_from)
     assert_int_equal(to, OUTBOX_SCHEMA_VERSION);
 }
 
+/* A store of the per-key kind: its claim is written into locked_by and
+ * locked_on, which most tests here look at; the transaction claim has
+ * tests of its own (tx_store). */
 static outbox_store_t *
 store(const char *ci, const char *schema, const char *table)
 {
@@ -384,23 +387,6 @@ test_claim_skips(void **state)
     PQfinish(other);
 }
 
-/* A store on the fixture's database with per-key ordering on. */
-static outbox_store_t *
-ordered_store(const char *ci)
-{
-    outbox_pg_options_t o = {.conninfo = ci,
-                             .schema = NULL,
-                             .table = NULL,
-                             .statement_timeout_ms = 5000,
-                             .per_key_order = true};
-    outbox_store_t *s = NULL;
-    char err[512];
-
-    if (outbox_pg_store_create(&s, &o, err, sizeof(err)) != OUTBOX_OK)
-        fail_msg("store create: %s", err);
-    return s;
-}
-
 /* A store with the transaction claim (the relay's default kind). */
 static outbox_store_t *
 tx_store(const char *ci, const char *lock_id, bool delete_delivered)
@@ -486,7 +472,7 @@ test_claim_bound_hostile_plan(void **state)
     /* The per-key claim too, keyed and keyless rows alike. */
     th_exec(f->c, "UPDATE outbox SET locked_by = NULL, msg_key = CASE WHEN seq %% 3 = 0 THEN NULL "
                   "ELSE 'k' || (seq %% 7) END");
-    s = ordered_store(f->ci);
+    s = store(f->ci, NULL, NULL);
     assert_int_equal(outbox_store_claim(s, "ord", 5, &f->b), OUTBOX_OK);
     assert_true(f->b.n >= 1 && f->b.n <= 5);
     assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE locked_by = 'ord'"),
@@ -601,7 +587,7 @@ static void
 test_claim_ordered_prefixes(void **state)
 {
     fx_t *f = *state;
-    outbox_store_t *s = ordered_store(f->ci);
+    outbox_store_t *s = store(f->ci, NULL, NULL);
     char buf[512];
 
     /* seq order: a.1 b.1 a.2 n.1 b.2 a.3 c.1 c.2 (topic = key.index) */
