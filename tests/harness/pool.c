@@ -30,6 +30,9 @@ pool_open(pool_t *c, const char *name)
     snprintf(subjects, sizeof(subjects), "%s.>", c->prefix);
     snprintf(c->log, sizeof(c->log), "/tmp/outbox-sup-%s.log", c->prefix);
     snprintf(c->conf, sizeof(c->conf), "/tmp/outbox-sup-%s.conf", c->prefix);
+    /* a crashed earlier run may have left them (the pid in the name is reused) */
+    unlink(c->log);
+    unlink(c->conf);
     po = (outbox_pg_options_t){.conninfo = c->db};
     assert_int_equal(outbox_pg_migrate(&po, &from, &to, err, sizeof(err)), OUTBOX_OK);
     assert_int_equal(outbox_nats_stream_add(&no, c->stream, subjects, 0, err, sizeof(err)),
