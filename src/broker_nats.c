@@ -481,9 +481,9 @@ static int
 publish_js(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_result_t *res)
 {
     int64_t maxp = natsConnection_GetMaxPayload(nb->nc);
-    size_t i, nslots = 0, left = 0;
+    size_t i, nslots = 0, left = 0, sent = 0;
     jsPubOptions po;
-    bool down = false;
+    bool down = false, silent = false;
 
     for (i = 0; i < n; i++) {
         nb->msgs[i] = NULL;
@@ -523,6 +523,7 @@ publish_js(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_
         pthread_mutex_lock(&nb->mu);
         nb->state[i] = REC_WAITING;
         nb->waiting++;
+        sent++;
         pthread_mutex_unlock(&nb->mu);
 
         po.MsgId = recs[i].id;
@@ -533,6 +534,7 @@ publish_js(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_
             pthread_mutex_lock(&nb->mu);
             nb->state[i] = REC_DONE;
             nb->waiting--;
+            sent--;
             pthread_mutex_unlock(&nb->mu);
             if (classify_send_error(s, &res[i]))
                 down = true;
@@ -543,18 +545,30 @@ publish_js(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_
         down = true;
 
     pthread_mutex_lock(&nb->mu);
+    /* Not one reply to the whole batch: the server is not answering (frozen,
+     * overloaded, a dead route), not these records failing: charge none,
+     * and report the broker as unreachable so the relay backs off. A copy
+     * it stored after all is dropped by the stream when re-published. */
+    if (!down && nb->waiting > 0 && nb->waiting == sent)
+        silent = true;
     for (i = 0; i < n; i++) {
         if (nb->state[i] != REC_WAITING)
             continue;
         if (down)
             set_res(&res[i], OUTBOX_PUB_NOT_SENT, false,
                     "NATS connection lost before the PubAck arrived");
+        else if (silent)
+            set_res(&res[i], OUTBOX_PUB_NOT_SENT, false,
+                    "no PubAck within %lld ms for any record of the batch: NATS is not answering",
+                    (long long)nb->timeout_ms);
         else
             set_res(&res[i], OUTBOX_PUB_TRANSIENT, false, "no PubAck within %lld ms",
                     (long long)nb->timeout_ms);
         nb->state[i] = REC_DONE;
         left++;
     }
+    if (silent)
+        down = true;
     nb->active = false;
     nb->waiting = 0;
     nb->res = NULL;

@@ -642,6 +642,14 @@ outbox_config_validate(const outbox_config_t *cfg, char *err, size_t errlen)
     outbox_config_dispatcher_settings(cfg, &s);
     if (outbox_dispatcher_settings_validate(&s, err, errlen) != OUTBOX_OK)
         return OUTBOX_ERR_CONFIG;
+    if (cfg->wakeup == 0 && cfg->linger_ms >= cfg->process_interval_ms) {
+        snprintf(err, errlen,
+                 "linger (%lldms) must be shorter than process_interval (%lldms) with wakeup = "
+                 "notify: the worker would never go idle and be woken (shorten linger, or set "
+                 "wakeup = poll)",
+                 (long long)cfg->linger_ms, (long long)cfg->process_interval_ms);
+        return OUTBOX_ERR_CONFIG;
+    }
     if (cfg->max_lock_time_ms < 2 * cfg->publish_timeout_ms) {
         snprintf(err, errlen,
                  "max_lock_time (%lldms) must be at least twice publish_timeout (%lldms): a "

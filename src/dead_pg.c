@@ -38,14 +38,19 @@ static const char sql_show[] =
                                                     "'escape'),"
                                                     " translate(encode(body, 'base64'), E'\\n', '')"
                                                     " FROM @T@ WHERE" FILTER " ORDER BY seq";
+/* New seqs are drawn in the records' old order (the inner ORDER BY), so a
+ * key's requeued records keep their order among themselves. $6: at most
+ * that many (NULL: all); $7: the quoted table, whose seq sequence it is. */
 static const char sql_requeue[] =
-    "WITH t AS (SELECT id AS old_id, gen_random_uuid() AS new_id FROM @T@ WHERE" FILTER
-    " FOR UPDATE)"
-    " UPDATE @T@ AS o SET id = t.new_id, seq = DEFAULT, state = 0, attempts = 0, crashes = 0,"
+    "WITH t AS (SELECT old_id, gen_random_uuid() AS new_id,"
+    " nextval(pg_get_serial_sequence($7, 'seq')) AS new_seq FROM"
+    " (SELECT id AS old_id FROM @T@ WHERE" FILTER " ORDER BY seq LIMIT $6 FOR UPDATE) s)"
+    " UPDATE @T@ AS o SET id = t.new_id, seq = t.new_seq, state = 0, attempts = 0, crashes = 0,"
     " locked_by = NULL, locked_on = NULL, processed_on = NULL, next_attempt_at = now(),"
     " last_error = 'requeued from dead (was ' || t.old_id || '): ' || coalesce(o.last_error, '')"
     " FROM t WHERE o.id = t.old_id RETURNING t.old_id, o.id";
-static const char sql_purge[] = "DELETE FROM @T@ WHERE" FILTER;
+static const char sql_purge[] = "DELETE FROM @T@ WHERE id IN (SELECT id FROM @T@ WHERE" FILTER
+                                " ORDER BY processed_on LIMIT $6)";
 
 bool
 outbox_dead_topic_regex(const char *p, char *buf, size_t len)
@@ -73,11 +78,11 @@ outbox_dead_topic_regex(const char *p, char *buf, size_t len)
             for (i = 0; i < n; i++) {
                 unsigned char c = (unsigned char)tok[i];
 
-                if (c <= ' ' || c == 0x7f || c == '*' || c == '>')
-                    return false;
+                if (c <= ' ' || c == 0x7f)
+                    return false; /* '*' or '>' inside a token (a*b) is a plain character */
                 if (o + 3 >= len)
                     return false;
-                if (strchr("\\^$.|?+()[]{}", c) != NULL)
+                if (strchr("\\^$.|?*+()[]{}", c) != NULL)
                     buf[o++] = '\\';
                 buf[o++] = (char)c;
             }
@@ -236,7 +241,7 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
     PGresult *res = NULL;
     char *sql = NULL, *ids = NULL, regex[2048], older[32], newer[32], limit[32], msg[600],
          channel[OUTBOX_PG_CHANNEL_LEN + 1];
-    const char *values[NFILTER + 1] = {NULL};
+    const char *values[NFILTER + 2] = {NULL};
     const char *tmpl;
     int code = 2, i, nparams = NFILTER;
     bool list = false, show = false, requeue = false;
@@ -246,11 +251,18 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
     } else if (strcmp(action, "show") == 0) {
         tmpl = sql_show, show = true;
     } else if (strcmp(action, "requeue") == 0) {
-        tmpl = sql_requeue, requeue = true;
+        tmpl = sql_requeue, requeue = true, nparams = NFILTER + 2;
     } else if (strcmp(action, "purge") == 0) {
-        tmpl = sql_purge;
+        tmpl = sql_purge, nparams = NFILTER + 1;
     } else {
         fprintf(err, "outboxd: dead: unknown action \"%s\" (list, show, requeue, purge)\n", action);
+        return 2;
+    }
+    if ((q->topic != NULL && q->topic[0] == '\0') || (q->error != NULL && q->error[0] == '\0')) {
+        fprintf(err,
+                "outboxd: dead %s: an empty --%s would match every record: give a text, or "
+                "--all\n",
+                action, q->topic != NULL && q->topic[0] == '\0' ? "topic" : "error");
         return 2;
     }
     if (show && q->nids == 0) {
@@ -305,8 +317,9 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
         snprintf(newer, sizeof(newer), "%lld", (long long)q->newer_than_ms);
         values[4] = newer;
     }
+    /* list shows DEFAULT_LIMIT by default; requeue and purge act on all */
     snprintf(limit, sizeof(limit), "%lld", (long long)(q->limit > 0 ? q->limit : DEFAULT_LIMIT));
-    values[5] = limit;
+    values[5] = list || q->limit > 0 ? limit : NULL;
 
     if (outbox_pg_names_init(&names, q->schema, q->table, msg, sizeof(msg)) != OUTBOX_OK) {
         fprintf(err, "outboxd: dead: %s\n", msg);
@@ -315,6 +328,7 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
     }
     if ((sql = with_table(tmpl, names.qtable)) == NULL)
         goto nomem;
+    values[6] = names.qtable;
     if (outbox_pg_connect(&conn, q->conninfo, msg, sizeof(msg)) != OUTBOX_OK) {
         fprintf(err, "outboxd: dead: connecting to PostgreSQL failed: %s\n", msg);
         code = 1;

@@ -323,15 +323,18 @@ publish_subset(outbox_dispatcher_t *d, size_t m)
 }
 
 /* Does record i's outcome let the next record of its key go: delivered,
- * or dead (out of the sequence) now? */
+ * or dead (out of the sequence) now? A death waiting for its dead-letter
+ * copy may yet turn into a retry (dead_letters()): not settled before the
+ * batch after, when the record is dead for sure. */
 static bool
 settles(const outbox_dispatcher_t *d, size_t i)
 {
     outbox_pub_status_t st = d->res[i].status;
     int32_t max = d->s.retry.max_attempts;
+    bool dies = st == OUTBOX_PUB_PERMANENT ||
+                (st == OUTBOX_PUB_TRANSIENT && max > 0 && d->batch.recs[i].attempts + 1 >= max);
 
-    return st == OUTBOX_PUB_OK || st == OUTBOX_PUB_PERMANENT ||
-           (st == OUTBOX_PUB_TRANSIENT && max > 0 && d->batch.recs[i].attempts + 1 >= max);
+    return st == OUTBOX_PUB_OK || (dies && d->dead_subject == NULL);
 }
 
 static int

@@ -181,7 +181,20 @@ outbox_pg_check_conninfo(const char *conninfo, char *err, size_t errlen)
 void
 outbox_pg_appname(const char *lock_id, char out[OUTBOX_PG_APPNAME_MAX + 1])
 {
-    snprintf(out, OUTBOX_PG_APPNAME_MAX + 1, "outboxd %s", lock_id);
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a 64 */
+    const unsigned char *p;
+    size_t n = strlen(lock_id);
+
+    if (n + 8 <= OUTBOX_PG_APPNAME_MAX) {
+        snprintf(out, OUTBOX_PG_APPNAME_MAX + 1, "outboxd %s", lock_id);
+        return;
+    }
+    /* too long to keep whole: its end (slot, incarnation) and a hash of all
+     * of it, so that no two lock ids share a name */
+    for (p = (const unsigned char *)lock_id; *p != '\0'; p++)
+        h = (h ^ *p) * 0x100000001b3ULL;
+    snprintf(out, OUTBOX_PG_APPNAME_MAX + 1, "outboxd ~%016llx %s", (unsigned long long)h,
+             lock_id + n - (OUTBOX_PG_APPNAME_MAX - 26));
 }
 
 int

@@ -169,7 +169,8 @@ static const struct {
     [S_MARK] = {"outbox_mark",
                 2,
                 {TEXTOID, JSONBOID},
-                MARK_SET " WHERE t.id = m.id AND t.state = 0 AND (m.kind = 0 OR t.locked_by = $1)"},
+                MARK_SET " WHERE t.id = m.id AND t.state = 0 AND (m.kind = 0 OR t.locked_by = $1"
+                         " OR t.locked_by IS NULL)"},
     /* Inside the claim transaction: the row locks are ours. */
     [S_MARK_TX] = {"outbox_mark_tx",
                    2,
@@ -1054,8 +1055,10 @@ pg_mark(outbox_store_t *base, const char *lock_id, const outbox_mark_t *marks, s
         return mark_tx(s, lock_id, marks, n, updated);
     /* Outside a claim transaction (the per-key kind, or marks kept across a
      * lost connection): DELIVERED applies whoever holds the row, the others
-     * only where locked_by = lock_id still holds. One statement per batch,
-     * but for deleted deliveries beside other marks. */
+     * where locked_by = lock_id still holds or nobody's does (a transaction
+     * claim, or a lock the lock check freed); a relay of the per-key kind
+     * that took the row since keeps it. One statement per batch, but for
+     * deleted deliveries beside other marks. */
     rows = 0;
     if (fast || s->delete_delivered) {
         if ((rc = id_array(marks, n, true, &text, &count)) != OUTBOX_OK) {

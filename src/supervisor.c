@@ -483,6 +483,9 @@ reaped(sup_t *s, int slot, int st)
     bool clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
     bool fatal = WIFEXITED(st) && WEXITSTATUS(st) == 2;
     bool ran_well = p->ready_ms != 0 && t - p->ready_ms >= RAN_WELL_MS;
+    int64_t lo = atomic_load_explicit(&s->r->slots[slot].inflight_lo, memory_order_acquire),
+            hi = atomic_load_explicit(&s->r->slots[slot].inflight_hi, memory_order_acquire);
+    bool died_publishing = p->role == OUTBOX_ROLE_RELAY && !clean && lo > 0;
     unsigned no = p->no;
 
     describe_status(st, how, sizeof(how));
@@ -497,9 +500,7 @@ reaped(sup_t *s, int slot, int st)
     /* A worker that exited by itself released its own locks on the way out
      * (unless the database was away); one killed or crashed did not. */
     if (p->role == OUTBOX_ROLE_RELAY && (WIFSIGNALED(st) || (!clean && !fatal && p->ready_ms != 0)))
-        queue_release(s, p->lock_id,
-                      atomic_load_explicit(&s->r->slots[slot].inflight_lo, memory_order_acquire),
-                      atomic_load_explicit(&s->r->slots[slot].inflight_hi, memory_order_acquire));
+        queue_release(s, p->lock_id, lo, hi);
     if (p->release_wfd >= 0)
         close(p->release_wfd);
     outbox_stats_slot_retire(s->r, slot);
@@ -527,6 +528,13 @@ reaped(sup_t *s, int slot, int st)
         } else if (ran_well || p->stop_sent) {
             s->backoff_ms[no] = BACKOFF_MIN_MS;
             s->respawn_at[no] = t;
+        } else if (died_publishing) {
+            /* a poison record, most likely: the keeper narrows it down and
+             * parks it after crash_limit; waiting longer each time would
+             * only stall delivery meanwhile */
+            s->respawn_at[no] = t + BACKOFF_MIN_MS;
+            log_error("%s died while publishing a batch: next start in %llds", nm,
+                      (long long)(BACKOFF_MIN_MS / 1000));
         } else {
             if (s->backoff_ms[no] < BACKOFF_MIN_MS)
                 s->backoff_ms[no] = BACKOFF_MIN_MS;

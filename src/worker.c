@@ -37,6 +37,7 @@ typedef struct worker {
     outbox_dispatcher_t *d;
     outbox_pg_waker_t *waker; /* NULL: none (poll mode, or down: retried) */
     int64_t waker_retry_at, waker_backoff_ms, waker_armed_at;
+    bool waker_down; /* its loss is logged once, its return once */
     outbox_stats_slot_t *slot;
     int64_t backoff_ms;
     int64_t claim_started_ms, publish_started_ms, published_ms;
@@ -334,7 +335,9 @@ waker_connect(worker_t *w)
         return;
     err[0] = '\0';
     if (outbox_pg_waker_create(&w->waker, &o, w->spec->lock_id, err, sizeof(err)) != OUTBOX_OK) {
-        report(w, "wake-up connection failed (polling meanwhile)", err);
+        if (!w->waker_down)
+            log_warn("wake-up connection failed (polling until it is back): %s", err);
+        w->waker_down = true;
         w->waker_backoff_ms = w->waker_backoff_ms == 0 ? CONNECT_BACKOFF_MIN_MS
                               : w->waker_backoff_ms * 2 > CONNECT_BACKOFF_MAX_MS
                                   ? CONNECT_BACKOFF_MAX_MS
@@ -343,6 +346,9 @@ waker_connect(worker_t *w)
         return;
     }
     w->waker_backoff_ms = 0;
+    if (w->waker_down)
+        log_info("wake-up connection back");
+    w->waker_down = false;
     if (w->d != NULL)
         outbox_dispatcher_wake(w->d);
 }
@@ -350,7 +356,10 @@ waker_connect(worker_t *w)
 static void
 waker_drop(worker_t *w, const char *why)
 {
-    report(w, "wake-up connection lost (polling until it is back)", why);
+    /* logged apart from the relay's own failures: its recovery is its own */
+    if (!w->waker_down)
+        log_warn("wake-up connection lost (polling until it is back): %s", why);
+    w->waker_down = true;
     outbox_pg_waker_destroy(w->waker);
     w->waker = NULL;
     w->waker_retry_at = now_ms() + CONNECT_BACKOFF_MIN_MS;

@@ -88,8 +88,10 @@ void
 pool_write_conf(const pool_t *c, int workers, const char *extra)
 {
     char key[64];
-    const char *defaults[][2] = {
-        {"process_interval", "20ms"}, {"batch_size", "50"}, {"log_level", "debug"}};
+    const char *defaults[][2] = {{"process_interval", "20ms"},
+                                 {"linger", "5ms"},
+                                 {"batch_size", "50"},
+                                 {"log_level", "debug"}};
     FILE *f = fopen(c->conf, "w");
     size_t i;
 

@@ -517,6 +517,34 @@ test_js_reply_without_stream_is_not_delivered(void **state)
     natsConnection_Destroy(nc);
 }
 
+/* Not one PubAck for a whole batch (a frozen or silent server): nothing is
+ * charged, the broker reports itself unreachable. */
+static void
+test_js_silent_batch_is_not_charged(void **state)
+{
+    char tok[64], topic[80];
+    natsSubscription *sub = NULL;
+    outbox_record_t recs[2];
+    outbox_pub_result_t res[2];
+    outbox_broker_t *b;
+
+    (void)state;
+    th_unique(tok, sizeof(tok), "mute");
+    snprintf(topic, sizeof(topic), "%s.x", tok);
+    /* a subscriber that never answers: the request gets no reply at all */
+    assert_int_equal(natsConnection_SubscribeSync(&sub, admin_nc, topic), NATS_OK);
+    assert_int_equal(natsConnection_Flush(admin_nc), NATS_OK);
+    rec_init(&recs[0], topic, NULL, NULL, 0, "a", 1);
+    rec_init(&recs[1], topic, NULL, NULL, 0, "b", 1);
+    b = broker(OUTBOX_NATS_JETSTREAM, env.nats_url, 400);
+    assert_int_equal(outbox_broker_publish(b, recs, 2, res), OUTBOX_ERR_UNREACHABLE);
+    assert_int_equal(res[0].status, OUTBOX_PUB_NOT_SENT);
+    assert_int_equal(res[1].status, OUTBOX_PUB_NOT_SENT);
+    assert_non_null(strstr(res[0].error, "not answering"));
+    outbox_broker_destroy(b);
+    natsSubscription_Destroy(sub);
+}
+
 static void
 test_js_no_stream_is_transient_and_fast(void **state)
 {
@@ -957,6 +985,7 @@ main(void)
         cmocka_unit_test(test_reserved_header_and_bad_subject_are_permanent),
         cmocka_unit_test(test_js_no_stream_is_transient_and_fast),
         cmocka_unit_test(test_js_reply_without_stream_is_not_delivered),
+        cmocka_unit_test(test_js_silent_batch_is_not_charged),
         cmocka_unit_test(test_js_missing_puback_times_out),
         cmocka_unit_test(test_create_unreachable_quickly_without_credentials),
         cmocka_unit_test(test_core_subscriber_receives_every_message),

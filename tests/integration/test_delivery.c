@@ -336,11 +336,45 @@ test_dead_letters_and_operator_commands(void **state)
                                  idA),
                      1);
     assert_int_equal(pool_stream_count(&c), 4);
+    /* empty filters match everything: refused without --all */
+    assert_int_equal(outboxd(&c, &out, "dead", "purge", "--error", "", NULL), 2);
+    assert_non_null(strstr(out, "--all"));
+    free(out);
     /* purge: the other dead one goes, nothing else */
     assert_int_equal(outboxd(&c, &out, "dead", "purge", "--all", NULL, NULL), 0);
     assert_non_null(strstr(out, "1 dead record purged"));
     free(out);
     assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox"), 2);
+
+    /* requeue keeps a key's order: 30 dead records of one key, inserted in
+     * reverse physical order, get new seqs in their old order; --limit takes
+     * the oldest deaths first */
+    th_exec(pg,
+            "INSERT INTO outbox (topic, msg_key, body, state, processed_on) SELECT '%s.rq', "
+            "'K', convert_to('r' || lpad(g::text, 2, '0'), 'UTF8'), 2, now() FROM "
+            "generate_series(1, 30) g",
+            c.prefix);
+    th_exec(pg, "UPDATE outbox SET headers = '{}' WHERE topic = '%s.rq' AND seq %% 2 = 0",
+            c.prefix); /* scatter them in the heap */
+    snprintf(pat, sizeof(pat), "%s.rq", c.prefix);
+    assert_int_equal(outboxd(&c, &out, "dead", "requeue", "--topic", pat, "--limit=10"), 0);
+    assert_non_null(strstr(out, "10 dead records requeued"));
+    free(out);
+    assert_int_equal(outboxd(&c, &out, "dead", "requeue", "--topic", pat, NULL), 0);
+    assert_non_null(strstr(out, "20 dead records requeued"));
+    free(out);
+    {
+        PGresult *order = PQexec(pg, "SELECT string_agg(convert_from(body, 'UTF8'), ',' ORDER "
+                                     "BY seq) FROM outbox WHERE msg_key = 'K'");
+        char want[256] = "";
+        int k;
+
+        for (k = 1; k <= 30; k++)
+            snprintf(want + strlen(want), sizeof(want) - strlen(want), "%sr%02d", k > 1 ? "," : "",
+                     k);
+        assert_string_equal(PQgetvalue(order, 0, 0), want);
+        PQclear(order);
+    }
     PQfinish(pg);
     pool_close(&c);
 }
@@ -474,6 +508,8 @@ test_outages_end_exactly_once(void **state)
 
     pool_assert_exact(&c, pg, 1700);
     assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE state = 2"), 0);
+    /* no outage, the frozen server included, charged an attempt */
+    assert_int_equal(th_query_ll(pg, "SELECT max(attempts) FROM outbox"), 0);
     j = pool_outboxstat_json(&c);
     assert_int_equal(
         json_integer_value(json_object_get(json_object_get(j, "supervisor"), "crashes")), 0);

@@ -82,6 +82,8 @@ relay_start(ctx_t *c, const char *mode)
                     (char *)mode,
                     "--process-interval",
                     "20ms",
+                    "--linger",
+                    "5ms",
                     "--batch-size",
                     "50",
                     "--log-level",
@@ -544,6 +546,7 @@ test_bad_config_exits_2_before_connecting(void **state)
         {"--dead-letter-subject", "dead letters", "dead_letter_subject"},
         {"--per-key-order", "maybe", "per_key_order"},
         {"--linger", "-5ms", "linger"},
+        {"--linger", "2s", "linger"}, /* not shorter than process_interval */
     };
     char bin[512], log[256], line[1024];
     char *bogus[] = {bin, "bogus", NULL};

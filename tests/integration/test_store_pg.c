@@ -772,6 +772,30 @@ test_tx_claim_bounded_by_bytes(void **state)
     outbox_store_destroy(b);
 }
 
+/* An empty key is no key: stored as NULL, so the per-key claim and the
+ * publisher agree. Long lock ids still get distinct application names. */
+static void
+test_empty_key_and_long_lock_ids(void **state)
+{
+    fx_t *f = *state;
+    char a[OUTBOX_PG_APPNAME_MAX + 1], b[OUTBOX_PG_APPNAME_MAX + 1];
+    char la[128], lb[128];
+
+    th_exec(f->c, "INSERT INTO outbox (topic, msg_key, body) VALUES ('e.k', '', 'x')");
+    assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox WHERE msg_key IS NULL"), 1);
+    memset(la, 'h', 100);
+    la[100] = '\0';
+    snprintf(lb, sizeof(lb), "%s", la);
+    snprintf(la + 90, sizeof(la) - 90, "-0-17");
+    snprintf(lb + 90, sizeof(lb) - 90, "-1-17");
+    outbox_pg_appname(la, a);
+    outbox_pg_appname(lb, b);
+    assert_true(strlen(a) <= OUTBOX_PG_APPNAME_MAX && strlen(b) <= OUTBOX_PG_APPNAME_MAX);
+    assert_string_not_equal(a, b);
+    outbox_pg_appname("db1-0-123", a);
+    assert_string_equal(a, "outboxd db1-0-123");
+}
+
 /* retention 0: a delivered row is deleted by the mark; the others stay. */
 static void
 test_tx_delete_delivered(void **state)
@@ -1241,6 +1265,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_tx_dead_relay_crash_counted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tx_delete_delivered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tx_claim_bounded_by_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_empty_key_and_long_lock_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_effects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_delivered_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_lock_rules, setup, teardown),

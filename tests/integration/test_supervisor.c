@@ -234,7 +234,8 @@ test_sighup_rolling_restart(void **state)
 
         fprintf(f,
                 "db = host=127.0.0.1 port=1 connect_timeout=1\nnats_url = %s\ninstance = %s\n"
-                "workers = 3\nprocess_interval = 20ms\nbatch_size = 50\nready_timeout = 2s\n",
+                "workers = 3\nprocess_interval = 20ms\nlinger = 5ms\nbatch_size = 50\n"
+                "ready_timeout = 2s\n",
                 pool_env->nats_url, c.prefix);
         fclose(f);
     }

@@ -705,6 +705,42 @@ test_per_key_waves_hold_back_only_their_key(void **state)
     done(&f);
 }
 
+/* Per-key ordering with dead letters: a record that dies waiting for its
+ * dead-letter copy may yet be retried (the copy failing for now), so its
+ * successors wait for the next batch instead of overtaking it. */
+static outbox_pub_status_t
+bad_is_permanent(const outbox_record_t *r, void *arg)
+{
+    (void)arg;
+    return strcmp(r->msg.topic, "x.bad") == 0 ? OUTBOX_PUB_PERMANENT : OUTBOX_PUB_OK;
+}
+
+static void
+test_per_key_dead_letter_pending_holds_key(void **state)
+{
+    fx_t f;
+    size_t claimed = 0;
+    (void)state;
+
+    assert_int_equal(make(&f, 0), 0);
+    assert_true(outbox_mock_store_add(f.store, "x.bad", "A", "a1") >= 0);
+    assert_true(outbox_mock_store_add(f.store, "x.ok", "A", "a2") >= 0);
+    f.store->per_key_order = true;
+    f.s.per_key_order = true;
+    f.s.dead_letter_subject = "dlq.x";
+    f.broker->verdict = bad_is_permanent;
+    f.broker->dead_verdict = OUTBOX_PUB_TRANSIENT;
+    start(&f);
+    assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+    assert_int_equal(claimed, 2);
+    assert_int_equal(f.broker->nsent, 0); /* a2 never went ahead of a1 */
+    assert_int_equal(f.store->recs[0].state, OUTBOX_STATE_PENDING);
+    assert_non_null(strstr(f.store->recs[0].last_error, "dead-letter copy failed"));
+    assert_int_equal(f.store->recs[1].state, OUTBOX_STATE_PENDING);
+    assert_int_equal(f.store->recs[1].attempts, 0);
+    done(&f);
+}
+
 /* Dead-letter copies: a record made dead is also published to the
  * dead-letter subject with its reason; a copy that cannot go leaves it dead
  * with a note; one that fails for now turns the death into a retry. */
@@ -996,6 +1032,7 @@ main(void)
         cmocka_unit_test(test_linger_polls_then_idles),
         cmocka_unit_test(test_per_key_waves_hold_back_only_their_key),
         cmocka_unit_test(test_dead_letters),
+        cmocka_unit_test(test_per_key_dead_letter_pending_holds_key),
         cmocka_unit_test(test_crash_narrowed_to_the_poison_record),
         cmocka_unit_test(test_tick_backs_off_on_errors),
         cmocka_unit_test(test_lock_check_alone_backs_off_on_errors),
