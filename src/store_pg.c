@@ -77,17 +77,19 @@ enum {
  * itself and its innocent batch mates are cleared one by one.
  */
 #define NEW_CRASHES "(CASE WHEN $3 > 0 AND $3 = $4 THEN crashes + 1 ELSE greatest(crashes, 1) END)"
-#define CLAIM_CANDIDATES(and_more)                                                                 \
-    "WITH c AS MATERIALIZED ("                                                                     \
-    " SELECT id, seq, msg_key, crashes FROM @T@ t WHERE state = 0 AND locked_by IS NULL"           \
-    " AND next_attempt_at <= now()" and_more " ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED),"
 /* Per-key ordering: a keyed row is a candidate only when the head of its
  * key (its oldest pending row, one probe of the key index) is free and due,
  * so a key held by another relay or waiting for a retry is passed over and
- * never fills the batch window, however long its backlog. */
-#define HEAD_FREE                                                                                  \
-    " AND (msg_key IS NULL OR (SELECT h.locked_by IS NULL AND h.next_attempt_at <= now()"          \
-    " FROM @T@ h WHERE h.state = 0 AND h.msg_key = t.msg_key ORDER BY h.seq LIMIT 1))"
+ * never fills the batch window, however long its backlog. A lateral join,
+ * so that PostgreSQL can memoize the probe per key: a hot key's thousands
+ * of waiting rows cost one probe, not one each. */
+#define ORDERED_CANDIDATES                                                                         \
+    "WITH c AS MATERIALIZED ("                                                                     \
+    " SELECT t.id, t.seq, t.msg_key, t.crashes FROM @T@ t LEFT JOIN LATERAL"                       \
+    " (SELECT h.locked_by IS NULL AND h.next_attempt_at <= now() AS free FROM @T@ h"               \
+    " WHERE h.state = 0 AND h.msg_key = t.msg_key ORDER BY h.seq LIMIT 1) hd ON true"              \
+    " WHERE t.state = 0 AND t.locked_by IS NULL AND t.next_attempt_at <= now()"                    \
+    " AND (t.msg_key IS NULL OR hd.free) ORDER BY t.seq LIMIT $2 FOR UPDATE OF t SKIP LOCKED),"
 #define CLAIM_UPDATE                                                                               \
     " p AS (SELECT id FROM s UNION ALL SELECT id FROM ok WHERE NOT EXISTS (SELECT 1 FROM s)),"     \
     " u AS (UPDATE @T@ AS t SET locked_by = $1, locked_on = now() FROM p"                          \
@@ -132,19 +134,18 @@ static const struct {
      * taken (none in flight elsewhere, waiting for a retry or skipped), so
      * a key is never published by two relays at once nor out of order. A
      * suspect goes alone only when it heads its key. */
-    [S_CLAIM_ORDERED] =
-        {"outbox_claim_ordered",
-         2,
-         {TEXTOID, INT4OID},
-         CLAIM_CANDIDATES(
-             HEAD_FREE) " k AS (SELECT msg_key, max(seq) AS mx, count(*) AS n FROM c"
-                        " WHERE msg_key IS NOT NULL GROUP BY msg_key),"
-                        " ok AS (SELECT * FROM c WHERE msg_key IS NULL OR msg_key IN"
-                        " (SELECT k.msg_key FROM k WHERE k.n = (SELECT count(*) FROM @T@ e"
-                        " WHERE e.state = 0 AND e.msg_key = k.msg_key AND e.seq <= k.mx))),"
-                        " s AS (SELECT id FROM ok o WHERE crashes > 0 AND (msg_key IS NULL OR"
-                        " seq = (SELECT min(seq) FROM ok o2 WHERE o2.msg_key = o.msg_key))"
-                        " ORDER BY seq LIMIT 1)," CLAIM_UPDATE},
+    [S_CLAIM_ORDERED] = {"outbox_claim_ordered",
+                         2,
+                         {TEXTOID, INT4OID},
+                         ORDERED_CANDIDATES
+                         " k AS (SELECT msg_key, max(seq) AS mx, count(*) AS n FROM c"
+                         " WHERE msg_key IS NOT NULL GROUP BY msg_key),"
+                         " ok AS (SELECT * FROM c WHERE msg_key IS NULL OR msg_key IN"
+                         " (SELECT k.msg_key FROM k WHERE k.n = (SELECT count(*) FROM @T@ e"
+                         " WHERE e.state = 0 AND e.msg_key = k.msg_key AND e.seq <= k.mx))),"
+                         " s AS (SELECT id FROM ok o WHERE crashes > 0 AND (msg_key IS NULL OR"
+                         " seq = (SELECT min(seq) FROM ok o2 WHERE o2.msg_key = o.msg_key))"
+                         " ORDER BY seq LIMIT 1)," CLAIM_UPDATE},
     [S_BY_LOCK] = {"outbox_by_lock",
                    1,
                    {TEXTOID},
