@@ -27,11 +27,13 @@
 #define DEAD_REASON_MAX 1000 /* bytes of a reason carried in Outbox-Dead-Reason */
 #define MAX_STREAMS 32       /* streams whose duplicate window is checked */
 #define STREAM_NAME_MAX 255
+#define PROBE_MAX 16 /* subjects a batch asks JetStream about (probe_streams) */
 
 enum rec_state {
     REC_IDLE = 0, /* not (yet) handed to cnats */
     REC_WAITING,  /* published, PubAck outstanding: only the ack thread may set res */
-    REC_DONE
+    REC_DONE,
+    REC_NO_RESPONDERS /* done, but "no responders": is a stream there? (probe_streams) */
 };
 
 typedef struct ack_slot {
@@ -351,6 +353,7 @@ on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
     if (slot != NULL && nb->state[slot->idx] == REC_WAITING) {
         outbox_pub_result_t *r = &nb->res[slot->idx];
         const char *subj = natsMsg_GetSubject(msg);
+        enum rec_state to = REC_DONE;
 
         if (pa != NULL && (pa->Stream == NULL || pa->Stream[0] == '\0'))
             /* any service answering on the subject would look like a
@@ -362,23 +365,26 @@ on_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, void *closure)
         else if (pa != NULL) {
             set_res(r, OUTBOX_PUB_OK, pa->Duplicate, NULL);
             note_stream(nb, pa->Stream);
-        } else if (pae == NULL)
-            set_res(r, OUTBOX_PUB_TRANSIENT, false, "PubAck missing");
-        else if (pae->Err == NATS_NO_RESPONDERS)
+        } else if (pae != NULL && pae->Err == NATS_NO_RESPONDERS) {
+            /* no stream there, or JetStream (re)starting: decided after
+             * the wait, by asking JetStream */
             set_res(r, OUTBOX_PUB_TRANSIENT, false,
                     "no JetStream stream captures subject '%.150s' (no responders)", subj);
-        else if (pae->Err == NATS_TIMEOUT)
-            set_res(r, OUTBOX_PUB_TRANSIENT, false, "PubAck timed out");
-        else if (pae->ErrCode == JSStreamMessageExceedsMaximumErr)
+            to = REC_NO_RESPONDERS;
+        } else if (pae != NULL && pae->ErrCode == JSStreamMessageExceedsMaximumErr)
             set_res(r, OUTBOX_PUB_PERMANENT, false, "stream rejected the message: %.150s (err %d)",
                     pae->ErrText != NULL ? pae->ErrText : "", (int)pae->ErrCode);
-        else if (pae->ErrCode != 0)
+        else if (pae != NULL && pae->ErrCode != 0)
+            /* the stream's verdict on this message (full, wrong sequence...) */
             set_res(r, OUTBOX_PUB_TRANSIENT, false, "JetStream error %d: %.150s", (int)pae->ErrCode,
                     pae->ErrText != NULL ? pae->ErrText : "");
         else
-            set_res(r, OUTBOX_PUB_TRANSIENT, false, "PubAck error: %.150s",
-                    pae->ErrText != NULL ? pae->ErrText : natsStatus_GetText(pae->Err));
-        nb->state[slot->idx] = REC_DONE;
+            /* a time-out or a connection failure, no verdict on the message */
+            set_res(r, OUTBOX_PUB_DEFERRED, false, "no PubAck: %.150s",
+                    pae == NULL            ? "none given"
+                    : pae->ErrText != NULL ? pae->ErrText
+                                           : natsStatus_GetText(pae->Err));
+        nb->state[slot->idx] = (unsigned char)to;
         if (--nb->waiting == 0)
             pthread_cond_signal(&nb->cond);
     }
@@ -477,6 +483,100 @@ summarize(nats_broker_t *nb, size_t n, const outbox_pub_result_t *res, bool down
                  n, res[first].error);
 }
 
+/* Does a stream capture subject? 1 yes (its name in name), 0 no, -1
+ * JetStream did not answer or is off (why says how). */
+static int
+stream_captures(nats_broker_t *nb, const char *subject, char *name, size_t len, char *why,
+                size_t whylen)
+{
+    jsStreamNamesList *list = NULL;
+    jsErrCode ec = 0;
+    jsOptions o;
+    natsStatus s;
+    int rc;
+
+    jsOptions_Init(&o);
+    o.Wait = nb->timeout_ms;
+    o.Stream.Info.SubjectsFilter = subject;
+    s = js_StreamNames(&list, nb->js, &o, &ec);
+    if (s == NATS_OK && list != NULL && list->Count > 0) {
+        snprintf(name, len, "%s", list->List[0]);
+        rc = 1;
+    } else if (s == NATS_OK || s == NATS_NOT_FOUND) {
+        rc = 0; /* asked and answered: none */
+    } else {
+        /* no answer, or JetStream off (for the account): not the records' fault */
+        outbox_nats_status_text(s, why, whylen);
+        if (ec != 0) {
+            size_t l = strlen(why);
+
+            snprintf(why + l, whylen - l, " (JetStream error %d)", (int)ec);
+        }
+        rc = -1;
+    }
+    jsStreamNamesList_Destroy(list);
+    return rc;
+}
+
+/*
+ * Records answered "no responders": nothing listens on the subject. If
+ * JetStream says no stream captures it, that is the record's problem (left
+ * charged, as on_ack set it); if one does, that stream is starting or has
+ * no leader (deferred, uncharged); if JetStream does not answer at all, it
+ * is an outage (not sent). Returns true for the outage. Asks about
+ * PROBE_MAX subjects at most; records of further subjects are deferred
+ * and asked about next time.
+ */
+static bool
+probe_streams(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_result_t *res,
+              bool down)
+{
+    const char *asked[PROBE_MAX];
+    int verdict[PROBE_MAX];
+    char names[PROBE_MAX][STREAM_NAME_MAX + 1], why[200] = "";
+    size_t i, j, nasked = 0;
+
+    for (i = 0; i < n; i++) {
+        const char *subj = nb->dead_subject != NULL ? nb->dead_subject : recs[i].msg.topic;
+        int v = 1;
+
+        if (nb->state[i] != REC_NO_RESPONDERS)
+            continue;
+        nb->state[i] = REC_DONE;
+        for (j = 0; j < nasked && strcmp(asked[j], subj) != 0; j++)
+            ;
+        if (down) {
+            v = -1;
+        } else if (j < nasked) {
+            v = verdict[j];
+        } else if (nasked < PROBE_MAX) {
+            names[j][0] = '\0';
+            v = stream_captures(nb, subj, names[j], sizeof(names[j]), why, sizeof(why));
+            asked[j] = subj;
+            verdict[j] = v;
+            nasked++;
+        } else {
+            j = SIZE_MAX; /* PROBE_MAX subjects asked already */
+        }
+        if (v < 0) {
+            down = true;
+            set_res(&res[i], OUTBOX_PUB_NOT_SENT, false,
+                    "no responders on subject '%.100s', and JetStream does not answer: %.80s", subj,
+                    why);
+        } else if (v > 0 && j == SIZE_MAX) {
+            set_res(&res[i], OUTBOX_PUB_DEFERRED, false,
+                    "no responders on subject '%.150s' (not yet asked which stream captures it)",
+                    subj);
+        } else if (v > 0) {
+            set_res(&res[i], OUTBOX_PUB_DEFERRED, false,
+                    "stream '%.60s' captures subject '%.100s' but did not answer: it is "
+                    "starting or has no leader",
+                    names[j], subj);
+        }
+    }
+    return down;
+}
+
 static int
 publish_js(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_result_t *res)
 {
@@ -562,7 +662,11 @@ publish_js(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_
                     "no PubAck within %lld ms for any record of the batch: NATS is not answering",
                     (long long)nb->timeout_ms);
         else
-            set_res(&res[i], OUTBOX_PUB_TRANSIENT, false, "no PubAck within %lld ms",
+            /* others were answered: the server is there, this reply got
+             * lost (a reconnect mid-batch, a stream stalling); no verdict
+             * on the message, so no attempt charged */
+            set_res(&res[i], OUTBOX_PUB_DEFERRED, false,
+                    "no PubAck within %lld ms (other records of the batch were answered)",
                     (long long)nb->timeout_ms);
         nb->state[i] = REC_DONE;
         left++;
@@ -585,6 +689,8 @@ publish_js(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_
         natsMsg_Destroy(nb->msgs[i]); /* NULL once cnats took it */
         nb->msgs[i] = NULL;
     }
+    if (probe_streams(nb, recs, n, res, down))
+        down = true;
     summarize(nb, n, res, down);
     count_reconnects(nb);
     if (!down)

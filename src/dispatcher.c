@@ -276,6 +276,17 @@ build_marks(outbox_dispatcher_t *d)
             m->kind = OUTBOX_MARK_RELEASE;
             d->c.released++;
             break;
+        case OUTBOX_PUB_DEFERRED: {
+            /* Not the record's fault: no attempt charged, but out of the
+             * way for a while so it does not hold up every batch. */
+            int64_t delay = outbox_retry_delay_ms(p, r->attempts + 1);
+
+            m->kind = OUTBOX_MARK_RETRY;
+            m->retry_delay_ms = delay - (int64_t)((double)delay * p->jitter * rand01(d));
+            m->error = res->error[0] ? res->error : "no verdict from the broker";
+            d->c.deferred++;
+            break;
+        }
         case OUTBOX_PUB_PERMANENT:
             m->kind = OUTBOX_MARK_DEAD;
             m->charge = 1;

@@ -139,6 +139,7 @@ publish_counters(worker_t *w)
     v[OUTBOX_STAT_PURGED] = c->purged;
     v[OUTBOX_STAT_DEAD_LETTERS] = c->dead_letters;
     v[OUTBOX_STAT_HELD_BACK] = c->held_back;
+    v[OUTBOX_STAT_DEFERRED] = c->deferred;
     outbox_stats_set_counters(w->slot, v);
 }
 
@@ -594,10 +595,11 @@ outbox_worker_run(const outbox_worker_spec_t *spec)
     if (w->d != NULL && spec->role == OUTBOX_ROLE_RELAY) {
         const outbox_dispatcher_counters_t *c = outbox_dispatcher_counters(w->d);
 
-        log_info("totals: %llu batches, %llu delivered, %llu retried, %llu dead, %llu released",
+        log_info("totals: %llu batches, %llu delivered, %llu retried, %llu dead, %llu released, "
+                 "%llu deferred",
                  (unsigned long long)c->batches, (unsigned long long)c->delivered,
                  (unsigned long long)c->retried, (unsigned long long)c->dead,
-                 (unsigned long long)c->released);
+                 (unsigned long long)c->released, (unsigned long long)c->deferred);
     }
     if (spec->role == OUTBOX_ROLE_KEEPER)
         apply_releases(w); /* last requests (workers killed at drain) */

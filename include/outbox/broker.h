@@ -20,7 +20,10 @@ typedef enum outbox_pub_status {
     OUTBOX_PUB_OK = 0,    /* acknowledged (JetStream) / flushed (core) */
     OUTBOX_PUB_TRANSIENT, /* failed, may succeed later: charge an attempt, retry */
     OUTBOX_PUB_PERMANENT, /* can never succeed (bad subject, too large): dead now */
-    OUTBOX_PUB_NOT_SENT   /* broker unreachable: not attempted, charge nothing */
+    OUTBOX_PUB_NOT_SENT,  /* broker unreachable: not attempted, charge nothing */
+    OUTBOX_PUB_DEFERRED   /* sent, but no verdict came (no PubAck in time, the stream
+                           * for its subject not answering): not the record's fault,
+                           * charge nothing, retry after the retry delay */
 } outbox_pub_status_t;
 
 typedef struct outbox_pub_result {

@@ -73,6 +73,7 @@ typedef struct outbox_dispatcher_counters {
     uint64_t purged;         /* rows deleted by retention */
     uint64_t dead_letters;   /* dead-letter copies acknowledged */
     uint64_t held_back;      /* per-key ordering: released unsent behind a failed record */
+    uint64_t deferred;       /* sent without a verdict: retried later, uncharged */
     uint64_t last_batch_size;
 } outbox_dispatcher_counters_t;
 
@@ -93,10 +94,10 @@ void outbox_dispatcher_set_jobs(outbox_dispatcher_t *d, bool process, bool lock_
 
 /* What a pass did, reported to an observer (live stats, logs). */
 typedef enum outbox_dispatcher_event {
-    OUTBOX_EV_CLAIM = 0,  /* a claim is about to be sent; n = 0 */
-    OUTBOX_EV_PUBLISH,    /* n records claimed, about to publish */
-    OUTBOX_EV_MARKED,     /* n records' marks written; counters are up to date */
-    OUTBOX_EV_DEAD,       /* rec was parked as dead (its mark is written); why = reason */
+    OUTBOX_EV_CLAIM = 0,   /* a claim is about to be sent; n = 0 */
+    OUTBOX_EV_PUBLISH,     /* n records claimed, about to publish */
+    OUTBOX_EV_MARKED,      /* n records' marks written; counters are up to date */
+    OUTBOX_EV_DEAD,        /* rec was parked as dead (its mark is written); why = reason */
     OUTBOX_EV_LOCKS_FREED, /* the lock check freed n stale locks */
     OUTBOX_EV_PUBLISHED    /* n records' publish results are in; marks come next */
 } outbox_dispatcher_event_t;

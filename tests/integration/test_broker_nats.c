@@ -580,9 +580,10 @@ test_js_no_stream_is_transient_and_fast(void **state)
 
 /* A plain subscriber on the subject (no stream) means the server has a
  * responder, so no 503 comes back and no PubAck either: the batch must end
- * at publish_timeout with TRANSIENT, and the broker must stay usable. */
+ * at publish_timeout, the unanswered records DEFERRED (no verdict on them:
+ * not charged, unlike a stream's refusal), and the broker stay usable. */
 static void
-test_js_missing_puback_times_out(void **state)
+test_js_missing_puback_is_deferred(void **state)
 {
     char tok[64], topic[80], stream[64], subj[64], ok_topic[80];
     natsSubscription *sub = NULL;
@@ -609,10 +610,10 @@ test_js_missing_puback_times_out(void **state)
     t0 = th_now_ms();
     assert_int_equal(outbox_broker_publish(b, recs, 3, res), OUTBOX_OK);
     took = th_now_ms() - t0;
-    assert_int_equal(res[0].status, OUTBOX_PUB_TRANSIENT);
+    assert_int_equal(res[0].status, OUTBOX_PUB_DEFERRED);
     assert_non_null(strstr(res[0].error, "no PubAck within 400 ms"));
     assert_int_equal(res[1].status, OUTBOX_PUB_OK);
-    assert_int_equal(res[2].status, OUTBOX_PUB_TRANSIENT);
+    assert_int_equal(res[2].status, OUTBOX_PUB_DEFERRED);
     if (took < 350 || took > 2000)
         fail_msg("batch took %lld ms, want about the 400 ms publish timeout", (long long)took);
 
@@ -714,8 +715,9 @@ nats_server_bin(void)
     return NULL;
 }
 
+/* A private nats-server on port, JetStream on (store in dir) or off. */
 static pid_t
-nats_start(int port, const char *dir)
+nats_start_js(int port, const char *dir, bool js)
 {
     char p[16], log[600];
     char *argv[] = {nats_server_bin(), "-a", "127.0.0.1", "-p", p, "-js", "-sd", (char *)dir, NULL};
@@ -724,6 +726,8 @@ nats_start(int port, const char *dir)
 
     snprintf(p, sizeof(p), "%d", port);
     snprintf(log, sizeof(log), "%s/nats.log", dir);
+    if (!js)
+        argv[5] = NULL;
     pid = th_spawn(argv, log);
     for (;;) {
         natsConnection *nc = NULL;
@@ -740,6 +744,12 @@ nats_start(int port, const char *dir)
         }
         th_sleep_ms(50);
     }
+}
+
+static pid_t
+nats_start(int port, const char *dir)
+{
+    return nats_start_js(port, dir, true);
 }
 
 /* The private server of the outage test, stopped by its teardown even
@@ -788,6 +798,40 @@ private_stream_msgs(const char *url, const char *name)
     return n;
 }
 
+/* A server without JetStream answers every publish with "no responders",
+ * and JetStream itself does not answer: an outage, not the records' fault.
+ * Nothing charged, the batch reported unreachable, the reason says so. */
+static void
+test_js_server_without_jetstream_is_outage(void **state)
+{
+    char url[64], err[512] = "";
+    outbox_nats_options_t o = {.url = url,
+                               .mode = OUTBOX_NATS_JETSTREAM,
+                               .publish_timeout_ms = 1000,
+                               .connect_timeout_ms = 1000};
+    outbox_record_t recs[3];
+    outbox_pub_result_t res[3];
+    outbox_broker_t *b = NULL;
+    int port = free_port();
+    size_t i;
+
+    (void)state;
+    snprintf(outage_dir, sizeof(outage_dir), "/tmp/outbox-bn.XXXXXX");
+    assert_non_null(mkdtemp(outage_dir));
+    snprintf(url, sizeof(url), "nats://127.0.0.1:%d", port);
+    outage_pid = nats_start_js(port, outage_dir, false);
+    assert_int_equal(outbox_nats_broker_create(&b, &o, err, sizeof(err)), OUTBOX_OK);
+    rec_init(&recs[0], "nojs.a", NULL, NULL, 0, "a", 1);
+    rec_init(&recs[1], "nojs.b", NULL, NULL, 0, "b", 1);
+    rec_init(&recs[2], "nojs.a", NULL, NULL, 0, "c", 1);
+    assert_int_equal(outbox_broker_publish(b, recs, 3, res), OUTBOX_ERR_UNREACHABLE);
+    for (i = 0; i < 3; i++) {
+        assert_int_equal(res[i].status, OUTBOX_PUB_NOT_SENT);
+        assert_non_null(strstr(res[i].error, "JetStream does not answer"));
+    }
+    outbox_broker_destroy(b);
+}
+
 static void
 test_js_outage_not_sent_then_recovers(void **state)
 {
@@ -801,6 +845,7 @@ test_js_outage_not_sent_then_recovers(void **state)
     outbox_broker_t *b = NULL;
     int port = free_port(), rc = -1, tries;
     int64_t t0;
+    size_t i;
 
     (void)state;
     snprintf(outage_dir, sizeof(outage_dir), "/tmp/outbox-bn.XXXXXX");
@@ -834,11 +879,15 @@ test_js_outage_not_sent_then_recovers(void **state)
      * capped at 2.5 s) and the stream still has the first two. */
     outage_pid = nats_start(port, outage_dir);
     for (tries = 0; tries < 60; tries++) {
-        /* JetStream may answer "not ready" (TRANSIENT) for a moment after
-         * the restart; retrying is what the relay would do. */
+        /* Right after the restart JetStream may not answer yet ("no
+         * responders" with the stream not loaded): an outage like the
+         * rest, never an attempt charged to the records. */
         rc = outbox_broker_publish(b, recs, 2, res);
         if (rc == OUTBOX_OK && res[0].status == OUTBOX_PUB_OK && res[1].status == OUTBOX_PUB_OK)
             break;
+        for (i = 0; i < 2; i++)
+            if (res[i].status == OUTBOX_PUB_TRANSIENT || res[i].status == OUTBOX_PUB_PERMANENT)
+                fail_msg("a restarting server charged record %zu: %s", i, res[i].error);
         th_sleep_ms(100);
     }
     assert_int_equal(rc, OUTBOX_OK);
@@ -986,9 +1035,10 @@ main(void)
         cmocka_unit_test(test_js_no_stream_is_transient_and_fast),
         cmocka_unit_test(test_js_reply_without_stream_is_not_delivered),
         cmocka_unit_test(test_js_silent_batch_is_not_charged),
-        cmocka_unit_test(test_js_missing_puback_times_out),
+        cmocka_unit_test(test_js_missing_puback_is_deferred),
         cmocka_unit_test(test_create_unreachable_quickly_without_credentials),
         cmocka_unit_test(test_core_subscriber_receives_every_message),
+        cmocka_unit_test_teardown(test_js_server_without_jetstream_is_outage, outage_teardown),
         cmocka_unit_test_teardown(test_js_outage_not_sent_then_recovers, outage_teardown),
         cmocka_unit_test(test_stream_add_and_info),
         cmocka_unit_test(test_stream_admin_unreachable),

@@ -346,6 +346,54 @@ test_broker_down_charges_no_attempt(void **state)
     done(&f);
 }
 
+static outbox_pub_status_t
+deferred_second(const outbox_record_t *r, void *arg)
+{
+    (void)arg;
+    return r->seq == 2 ? OUTBOX_PUB_DEFERRED : OUTBOX_PUB_OK;
+}
+
+/* A record sent without a verdict (no PubAck in time, its stream not
+ * answering) is not at fault: never charged, so never dead however long it
+ * lasts, but set aside for the retry delay so it does not hold up the rest. */
+static void
+test_no_verdict_is_deferred_uncharged(void **state)
+{
+    fx_t f;
+    int i;
+    size_t claimed;
+    outbox_mock_record_t *r;
+    (void)state;
+
+    assert_int_equal(make(&f, 3), 0);
+    f.s.retry.max_attempts = 2;
+    f.s.retry.jitter = 0;
+    f.broker->verdict = deferred_second;
+    start(&f);
+    r = &f.store->recs[1];
+    for (i = 0; i < 5; i++) {
+        assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+        assert_int_equal(claimed, i == 0 ? 3 : 1);
+        assert_int_equal(r->state, OUTBOX_STATE_PENDING);
+        assert_int_equal(r->attempts, 0);
+        assert_int_equal(r->next_attempt_ms, f.store->now_ms + f.s.retry.initial_ms);
+        assert_non_null(strstr(r->last_error, "verdict"));
+        /* not due before the delay */
+        assert_int_equal(outbox_dispatcher_process(f.d, &claimed), OUTBOX_OK);
+        assert_int_equal(claimed, 0);
+        f.store->now_ms += f.s.retry.initial_ms;
+    }
+    assert_int_equal(outbox_mock_store_count(f.store, OUTBOX_STATE_DELIVERED), 2);
+    assert_int_equal(outbox_dispatcher_counters(f.d)->deferred, 5);
+    assert_int_equal(outbox_dispatcher_counters(f.d)->failed, 0);
+    assert_int_equal(outbox_dispatcher_counters(f.d)->dead, 0);
+    assert_no_locks(f.store);
+    f.broker->verdict = NULL;
+    assert_int_equal(outbox_dispatcher_process(f.d, NULL), OUTBOX_OK);
+    assert_int_equal(r->state, OUTBOX_STATE_DELIVERED);
+    done(&f);
+}
+
 /* Arms the store failure from inside publish: the claim has already
  * succeeded, so the next store call (the mark) fails. */
 static outbox_pub_status_t
@@ -1021,6 +1069,7 @@ main(void)
         cmocka_unit_test(test_permanent_failure_is_dead_at_once),
         cmocka_unit_test(test_observer_sees_phases_dead_records_and_freed_locks),
         cmocka_unit_test(test_broker_down_charges_no_attempt),
+        cmocka_unit_test(test_no_verdict_is_deferred_uncharged),
         cmocka_unit_test(test_marks_retried_after_store_failure),
         cmocka_unit_test(test_claim_failure_is_reported_and_nothing_published),
         cmocka_unit_test(test_lock_check_frees_only_stale_locks),
