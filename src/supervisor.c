@@ -763,7 +763,7 @@ drive_rolling(sup_t *s)
             old = i;
     }
     if (old < 0) {
-        log_info("rolling restart done: every worker runs generation %" PRIu64, s->gen);
+        log_info("rolling restart done: every worker is of worker generation %" PRIu64, s->gen);
         atomic_fetch_add_explicit(&s->r->hdr.sup.restarts, 1, memory_order_relaxed);
         if (s->have_prev) /* a reload is applied once every worker runs it */
             atomic_fetch_add_explicit(&s->r->hdr.sup.reloads, 1, memory_order_relaxed);
@@ -986,7 +986,7 @@ outbox_supervisor_run(const outbox_supervisor_spec_t *spec)
         code = 2;
         goto done;
     }
-    log_info("supervisor of instance \"%s\" (stats /outbox-%s, generation %" PRIu64
+    log_info("supervisor of instance \"%s\" (stats /dev/shm/outbox-%s, run %" PRIu64
              "): %u worker%s + keeper",
              spec->instance, spec->instance, s->r->hdr.generation, s->target,
              s->target == 1 ? "" : "s");

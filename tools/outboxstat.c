@@ -225,9 +225,9 @@ print_frame(FILE *f, const outbox_stats_region_t *r, const outbox_stats_snapshot
     }
     fmt_age(up, sizeof(up), s->taken_us - s->start_us);
     fprintf(f,
-            "outboxd \"%s\"  pid %" PRId64 "  up %s  generation %" PRIu64 "  %s  workers %u/%u"
+            "outboxd \"%s\"  pid %" PRId64 "  up %s  run %" PRIu64 "  %s  workers %u/%u"
             "  spawns %" PRIu64 "  crashes %" PRIu64 "  restarts %" PRIu64 "  reloads %" PRIu64
-            " (%" PRIu64 " failed)  heartbeat kills %" PRIu64,
+            " ok, %" PRIu64 " failed  heartbeat kills %" PRIu64,
             s->instance, s->supervisor_pid, up, s->generation, sup_state_name(s->sup_state),
             s->live_workers, s->target_workers, s->spawns, s->crashes, s->restarts, s->reloads,
             s->reload_errors, s->heartbeat_kills);
