@@ -9,12 +9,14 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "dead_pg.h"
 #include "pg_util.h"
 
 #define DEFAULT_LIMIT 100
 #define SHOW_BODY_MAX 4096 /* bytes of body shown by `show` (JSON: all of it) */
+#define MISSED_NAMED 5     /* given ids not acted on that are named, with why */
 
 /* $1 ids, $2 topic regex, $3 error text, $4 older-than ms, $5 newer-than ms */
 #define FILTER                                                                                     \
@@ -50,7 +52,9 @@ static const char sql_requeue[] =
     " last_error = 'requeued from dead (was ' || t.old_id || '): ' || coalesce(o.last_error, '')"
     " FROM t WHERE o.id = t.old_id RETURNING t.old_id, o.id";
 static const char sql_purge[] = "DELETE FROM @T@ WHERE id IN (SELECT id FROM @T@ WHERE" FILTER
-                                " ORDER BY processed_on LIMIT $6)";
+                                " ORDER BY processed_on LIMIT $6) RETURNING id";
+/* What the given ids not acted on are now; $1 uuid[] */
+static const char sql_state[] = "SELECT id::text, state FROM @T@ WHERE id = ANY($1::uuid[])";
 
 bool
 outbox_dead_topic_regex(const char *p, char *buf, size_t len)
@@ -146,6 +150,90 @@ has_filter(const outbox_dead_query_t *q)
 {
     return q->nids > 0 || q->topic != NULL || q->error != NULL || q->older_than_ms >= 0 ||
            q->newer_than_ms >= 0;
+}
+
+/* '{a,b}' from ids (uuid text, checked); NULL on NOMEM; caller frees. */
+static char *
+id_array(const char *const *ids, int n)
+{
+    char *a = malloc(3 + 37 * (size_t)n);
+    int i;
+
+    if (a == NULL)
+        return NULL;
+    strcpy(a, "{");
+    for (i = 0; i < n; i++) {
+        strcat(a, ids[i]);
+        strcat(a, i + 1 < n ? "," : "");
+    }
+    strcat(a, "}");
+    return a;
+}
+
+/*
+ * The given ids that column 0 of done (the ids acted on) lacks: named on err
+ * with what each is now (up to MISSED_NAMED), so that an id that was not a
+ * dead record is never passed over in silence. Returns how many there are.
+ */
+static int
+report_missed(PGconn *conn, const char *qtable, const char *action, const outbox_dead_query_t *q,
+              const PGresult *done, FILE *err)
+{
+    static const char *const state_why[] = {"pending, not dead", "delivered, not dead",
+                                            "dead, but outside the filters or --limit"};
+    const char *missed[OUTBOX_DEAD_MAX_IDS];
+    PGresult *res = NULL;
+    char *sql = NULL, *ids = NULL;
+    const char *values[1];
+    int nmissed = 0, ngiven = 0, rows = PQntuples(done), i, j;
+
+    for (i = 0; i < q->nids; i++) {
+        bool seen = false;
+
+        for (j = 0; j < i && !seen; j++) /* an id given twice counts once */
+            seen = strcasecmp(q->ids[i], q->ids[j]) == 0;
+        if (seen)
+            continue;
+        ngiven++;
+        for (j = 0; j < rows && !seen; j++)
+            seen = strcasecmp(q->ids[i], PQgetvalue(done, j, 0)) == 0;
+        if (!seen)
+            missed[nmissed++] = q->ids[i];
+    }
+    if (nmissed == 0)
+        return 0;
+    /* Best effort: without the states the ids are still named. */
+    if ((sql = with_table(sql_state, qtable)) != NULL &&
+        (ids = id_array(missed, nmissed < MISSED_NAMED ? nmissed : MISSED_NAMED)) != NULL) {
+        values[0] = ids;
+        res = PQexecParams(conn, sql, 1, NULL, values, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            PQclear(res);
+            res = NULL;
+        }
+    }
+    fprintf(err, "outboxd: dead %s: %d of %d given id%s not %s:", action, nmissed, ngiven,
+            ngiven == 1 ? "" : "s",
+            strcmp(action, "show") == 0    ? "shown"
+            : strcmp(action, "purge") == 0 ? "purged"
+                                           : "requeued");
+    for (i = 0; i < nmissed && i < MISSED_NAMED; i++) {
+        const char *why = res != NULL ? "no such record" : "not a dead record";
+
+        for (j = 0; res != NULL && j < PQntuples(res); j++) {
+            if (strcasecmp(missed[i], PQgetvalue(res, j, 0)) != 0)
+                continue;
+            why = state_why[atoi(PQgetvalue(res, j, 1)) % 3]; /* state IN (0, 1, 2) */
+        }
+        fprintf(err, "%s %s (%s)", i > 0 ? "," : "", missed[i], why);
+    }
+    if (nmissed > MISSED_NAMED)
+        fprintf(err, " and %d more", nmissed - MISSED_NAMED);
+    fputc('\n', err);
+    PQclear(res);
+    free(sql);
+    free(ids);
+    return nmissed;
 }
 
 static void
@@ -277,24 +365,15 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
         return 2;
     }
     if (q->nids > 0) {
-        size_t len = 3;
-
         for (i = 0; i < q->nids; i++) {
             if (!uuid_text(q->ids[i])) {
                 fprintf(err, "outboxd: dead %s: \"%.60s\" is not a record id (a uuid)\n", action,
                         q->ids[i]);
                 return 2;
             }
-            len += 37;
         }
-        if ((ids = malloc(len)) == NULL)
+        if ((ids = id_array(q->ids, q->nids)) == NULL)
             goto nomem;
-        ids[0] = '{';
-        ids[1] = '\0';
-        for (i = 0; i < q->nids; i++) {
-            strcat(ids, q->ids[i]);
-            strcat(ids, i + 1 < q->nids ? "," : "}");
-        }
         values[0] = ids;
     }
     if (q->topic != NULL) {
@@ -345,10 +424,6 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
     if (list) {
         print_list(res, q, out);
     } else if (show) {
-        if (PQntuples(res) == 0) {
-            fprintf(err, "outboxd: dead show: no dead record matches\n");
-            code = 1;
-        }
         print_show(res, q, out);
     } else if (requeue) {
         int rows = PQntuples(res);
@@ -359,22 +434,27 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
             fprintf(out, "{\"requeued\": %d}\n", rows);
         else
             fprintf(out, "%d dead record%s requeued\n", rows, rows == 1 ? "" : "s");
-        if (rows > 0) {
-            /* wake an idle relay now rather than at its next poll */
-            char notify[64];
-
-            outbox_pg_channel(names.schema, names.table, channel);
-            snprintf(notify, sizeof(notify), "NOTIFY \"%s\"", channel);
-            PQclear(res);
-            res = PQexec(conn, notify);
-        }
     } else {
-        const char *n = PQcmdTuples(res);
+        int rows = PQntuples(res);
 
         if (q->json)
-            fprintf(out, "{\"purged\": %s}\n", n);
+            fprintf(out, "{\"purged\": %d}\n", rows);
         else
-            fprintf(out, "%s dead record%s purged\n", n, strcmp(n, "1") == 0 ? "" : "s");
+            fprintf(out, "%d dead record%s purged\n", rows, rows == 1 ? "" : "s");
+    }
+    /* Ids name what the operator expects to be acted on: one that was not
+     * is a failure (the others are still done); a filter or --all matching
+     * nothing is not. */
+    if (!list && q->nids > 0 && report_missed(conn, names.qtable, action, q, res, err) > 0)
+        code = 1;
+    if (requeue && PQntuples(res) > 0) {
+        /* wake an idle relay now rather than at its next poll */
+        char notify[64];
+
+        outbox_pg_channel(names.schema, names.table, channel);
+        snprintf(notify, sizeof(notify), "NOTIFY \"%s\"", channel);
+        PQclear(res);
+        res = PQexec(conn, notify);
     }
     goto done;
 nomem:

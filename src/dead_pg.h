@@ -29,8 +29,10 @@ typedef struct outbox_dead_query {
 /*
  * Run action "list", "show", "requeue" or "purge"; output on out, errors
  * (one line naming the culprit) on err. Returns an exit code: 0 ok, 1
- * database failure, 2 usage (unknown action, bad id or pattern, requeue or
- * purge of everything without --all). show of an id that is not dead: 1.
+ * database failure or a given id not acted on (not a dead record, or not
+ * selected by the filters; err names them, the others are still acted on),
+ * 2 usage (unknown action, bad id or pattern, requeue or purge of
+ * everything without --all). Filters or --all matching nothing: 0.
  */
 int outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FILE *err);
 

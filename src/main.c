@@ -92,6 +92,8 @@ usage(FILE *out)
                  "                           delete them\n"
                  "                           FILTERS: --topic PATTERN (orders.*, orders.>)\n"
                  "                           --error TEXT  --older-than D  --newer-than D\n"
+                 "                           exit 1 if a given ID is not a dead record (named;\n"
+                 "                           the others are still acted on)\n"
                  "  config                   validate the configuration and print it (secrets "
                  "masked)\n"
                  "\n"
@@ -398,7 +400,7 @@ static int
 cmd_migrate(const cli_t *c, outbox_config_t *cfg)
 {
     outbox_pg_options_t o = {.conninfo = cfg->db, .schema = cfg->schema, .table = cfg->table};
-    char err[600];
+    char err[2048]; /* a missing table's fix names every object to drop */
     int from = 0, to = 0, rc, v;
 
     if (c->nargs != 1) {

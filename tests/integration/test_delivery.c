@@ -375,6 +375,50 @@ test_dead_letters_and_operator_commands(void **state)
         assert_string_equal(PQgetvalue(order, 0, 0), want);
         PQclear(order);
     }
+
+    /* Ids that are not dead records (delivered, missing) are named and the
+     * exit is 1; the dead ones given with them are still acted on. A filter
+     * matching nothing is no failure. */
+    {
+        static const char dead1[] = "00000000-0000-4000-8000-0000000000d1",
+                          dead2[] = "00000000-0000-4000-8000-0000000000d2",
+                          gone[] = "00000000-0000-4000-8000-00000000beef";
+        char delivered[OUTBOX_ID_LEN + 1];
+
+        th_exec(pg,
+                "INSERT INTO outbox (id, topic, body, state, processed_on) VALUES ('%s', "
+                "'%s.mix', 'x', 2, now()), ('%s', '%s.mix', 'y', 2, now())",
+                dead1, c.prefix, dead2, c.prefix);
+        r = PQexec(pg, "SELECT id FROM outbox WHERE state = 1 LIMIT 1");
+        assert_int_equal(PQntuples(r), 1);
+        snprintf(delivered, sizeof(delivered), "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+        assert_int_equal(outboxd(&c, &out, "dead", "requeue", dead1, delivered, gone), 1);
+        assert_non_null(strstr(out, "1 dead record requeued"));
+        assert_non_null(strstr(out, "2 of 3 given ids not requeued"));
+        assert_non_null(strstr(out, delivered));
+        assert_non_null(strstr(out, "delivered, not dead"));
+        assert_non_null(strstr(out, gone));
+        assert_non_null(strstr(out, "no such record"));
+        free(out);
+        assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE id = '%s'", dead1), 0);
+        assert_int_equal(outboxd(&c, &out, "dead", "purge", gone, dead2, "--json"), 1);
+        assert_non_null(strstr(out, "{\"purged\": 1}"));
+        assert_non_null(strstr(out, "1 of 2 given ids not purged"));
+        free(out);
+        assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE id = '%s'", dead2), 0);
+        assert_int_equal(outboxd(&c, &out, "dead", "purge", delivered, NULL, NULL), 1);
+        assert_non_null(strstr(out, "0 dead records purged"));
+        free(out);
+        assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE id = '%s'", delivered),
+                         1);
+        assert_int_equal(outboxd(&c, &out, "dead", "show", gone, NULL, NULL), 1);
+        assert_non_null(strstr(out, gone));
+        free(out);
+        assert_int_equal(outboxd(&c, &out, "dead", "purge", "--topic", "no.such.topic", NULL), 0);
+        assert_non_null(strstr(out, "0 dead records purged"));
+        free(out);
+    }
     PQfinish(pg);
     pool_close(&c);
 }
