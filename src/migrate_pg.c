@@ -5,6 +5,7 @@
  * and the later ones find nothing to do. <table>_migrations records what
  * is applied; a version is never edited once released, only added.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,6 +148,9 @@ static const char migration1[] =
  *   expressions accepts the common valid message; anything else goes to
  *   version 1's function (renamed <table>_invalid_why()) for the reason.
  *   The fast path only accepts what the full check accepts.
+ * - <table>_escaped(): the reason with control characters escaped (\n,
+ *   \x01), as validate.c shows them: a reason quotes the culprit, and a raw
+ *   newline from a key would break the error line in two.
  * - Wake-up: <table>_idle is a sequence used as a flag, the number of idle
  *   relay workers registered in <table>_listeners (unlogged; they LISTEN).
  *   The guard notifies only while it is above zero: reading it is one
@@ -170,6 +174,19 @@ static const char migration1[] =
 
 static const char migration2[] =
     "ALTER FUNCTION @q:_invalid@(text, text, jsonb) RENAME TO @n:_invalid_why@;\n"
+    "CREATE FUNCTION @q:_escaped@(s text)\n"
+    "RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE\n"
+    "SET search_path = pg_catalog, pg_temp AS $fn$\n"
+    "DECLARE\n"
+    "  c text;\n"
+    "BEGIN\n"
+    "  FOR c IN SELECT DISTINCT m[1] FROM regexp_matches(s, E'[\\\\x01-\\\\x1f\\\\x7f]', 'g') m "
+    "LOOP\n"
+    "    s := replace(s, c, CASE c WHEN E'\\n' THEN E'\\\\n' WHEN E'\\r' THEN E'\\\\r'\n"
+    "      WHEN E'\\t' THEN E'\\\\t' ELSE E'\\\\x' || lpad(to_hex(ascii(c)), 2, '0') END);\n"
+    "  END LOOP;\n"
+    "  RETURN s;\n"
+    "END $fn$;\n"
     "CREATE FUNCTION @q:_invalid@(p_topic text, p_key text, p_headers jsonb)\n"
     "RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE\n"
     "SET search_path = pg_catalog, pg_temp AS $fn$\n"
@@ -180,7 +197,7 @@ static const char migration2[] =
                      "  THEN\n"
                      "    RETURN NULL;\n"
                      "  END IF;\n"
-                     "  RETURN @q:_invalid_why@(p_topic, p_key, p_headers);\n"
+                     "  RETURN @q:_escaped@(@q:_invalid_why@(p_topic, p_key, p_headers));\n"
                      "END $fn$;\n"
                      "ALTER TABLE @table@ ADD COLUMN crashes integer NOT NULL DEFAULT 0,\n"
                      "  ALTER COLUMN id SET DEFAULT gen_random_uuid(),\n"
@@ -218,8 +235,8 @@ static const char migration2[] =
                                         "NEW.headers);\n"
                                         "    END IF;\n"
                                         "    IF problem IS NOT NULL THEN\n"
-                                        "      RAISE EXCEPTION 'outbox: %', problem USING ERRCODE "
-                                        "= 'check_violation';\n"
+                                        "      RAISE EXCEPTION 'outbox: %', @q:_escaped@(problem) "
+                                        "USING ERRCODE = 'check_violation';\n"
                                         "    END IF;\n"
                                         "  END IF;\n"
                                         "  IF TG_OP = 'INSERT' AND "
@@ -526,12 +543,89 @@ done:
     return rc;
 }
 
+/* Every object the migrations leave beside the table (whose DROP takes its
+ * indexes and trigger along): dropped, with <table>_migrations, to
+ * reinstall. IF EXISTS: an older version has fewer. */
+static const char leftovers[] =
+    "DROP TABLE IF EXISTS @q:_migrations@, @q:_listeners@; DROP SEQUENCE IF EXISTS @q:_idle@; "
+    "DROP FUNCTION IF EXISTS @q:_enqueue@, @q:_invalid@, @q:_invalid_why@, @q:_escaped@, "
+    "@q:_guard@;";
+
+/*
+ * <table>_migrations records a version but the table (or, at the latest
+ * version, <table>_enqueue()) is gone, dropped by hand: applying nothing
+ * and reporting "already at version N" would leave the relay refusing to
+ * start and asking for a migrate, a loop. OUTBOX_ERR_SCHEMA with what is
+ * missing and the fix.
+ */
+static int
+check_installed(PGconn *c, const outbox_pg_names_t *n, char *err, size_t errlen)
+{
+    sbuf_t b = {0}, fn = {0};
+    PGresult *res = NULL;
+    const char *params[3];
+    int rc, version;
+    bool table, enqueue;
+
+    expand(&fn, n, "@q:_enqueue@(text, text, jsonb, bytea)");
+    if (fn.nomem) {
+        rc = OUTBOX_ERR_NOMEM;
+        goto done;
+    }
+    params[0] = n->qmigrations;
+    params[1] = n->qtable;
+    params[2] = fn.p;
+    if ((rc = run(c, "schema check",
+                  "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL, "
+                  "to_regprocedure($3) IS NOT NULL",
+                  3, params, &res, err, errlen)) != OUTBOX_OK)
+        goto done;
+    table = PQgetvalue(res, 0, 1)[0] == 't';
+    enqueue = PQgetvalue(res, 0, 2)[0] == 't';
+    if (PQgetvalue(res, 0, 0)[0] != 't' || (table && enqueue))
+        goto done; /* nothing recorded, or all there */
+    PQclear(res);
+    res = NULL;
+    expand(&b, n, "SELECT coalesce(max(version), 0) FROM @q:_migrations@");
+    if (b.nomem) {
+        rc = OUTBOX_ERR_NOMEM;
+        goto done;
+    }
+    if ((rc = run(c, "read migrations", b.p, 0, NULL, &res, err, errlen)) != OUTBOX_OK)
+        goto done;
+    version = atoi(PQgetvalue(res, 0, 0));
+    if (version == 0 || (table && version < NMIGRATIONS))
+        goto done; /* nothing installed; a later version creates the function again */
+    rc = OUTBOX_ERR_SCHEMA;
+    if (!table) {
+        free(b.p);
+        b = (sbuf_t){0};
+        expand(&b, n, leftovers);
+        snprintf(err, errlen,
+                 "table %s is missing although %s records schema version %d (dropped by hand?); "
+                 "to reinstall it empty, drop what is left of it and run `outboxd migrate` "
+                 "again: %s",
+                 n->qtable, n->qmigrations, version, b.nomem ? "" : b.p);
+    } else {
+        snprintf(err, errlen,
+                 "function %s is missing although %s records schema version %d (dropped by "
+                 "hand?): create it again with the last CREATE OR REPLACE FUNCTION of it in "
+                 "`outboxd migrate --print`",
+                 fn.p, n->qmigrations, version);
+    }
+done:
+    PQclear(res);
+    free(b.p);
+    free(fn.p);
+    return rc;
+}
+
 int
 outbox_pg_migrate(const outbox_pg_options_t *opt, int *from, int *to, char *err, size_t errlen)
 {
     outbox_pg_names_t n = {0};
     PGconn *c = NULL;
-    char e[512];
+    char e[2048]; /* room for check_installed()'s DROP statements */
     int rc, i, applied, before = -1, after = 0;
 
     e[0] = '\0';
@@ -543,6 +637,8 @@ outbox_pg_migrate(const outbox_pg_options_t *opt, int *from, int *to, char *err,
     if ((rc = outbox_pg_names_init(&n, opt->schema, opt->table, e, sizeof(e))) != OUTBOX_OK)
         goto done;
     if ((rc = outbox_pg_connect(&c, opt->conninfo, e, sizeof(e))) != OUTBOX_OK)
+        goto done;
+    if ((rc = check_installed(c, &n, e, sizeof(e))) != OUTBOX_OK)
         goto done;
     for (i = 0; i < NMIGRATIONS; i++) {
         rc = apply_one(c, &n, i, &applied, e, sizeof(e));

@@ -2,6 +2,7 @@
  * Message validation before anything is written. The SQL function
  * <table>_invalid() installed by migration 1 (src/migrate_pg.c) applies the
  * same rules; keep the two in step. Limits are bytes, strings must be UTF-8.
+ * Data quoted in an error has its control characters escaped, in both.
  * Pure functions: no allocation, no global state.
  */
 #include <stdarg.h>
@@ -105,26 +106,37 @@ outbox_subject_valid(const char *subject)
     return subject_problem(subject) == NULL;
 }
 
-/* Write "what: why" to err, what quoted with unprintable bytes as '?' and
- * cut at 64 bytes so the line stays one short line. */
+/* Write "label "what" why" to err, what with control characters and '\'
+ * escaped (\n, \x01, \\: the line shows what was sent and stays one line,
+ * as in <table>_escaped()) and cut at 64 bytes so the line stays short. */
 static int
 reject(char *err, size_t errlen, const char *label, const char *what, const char *fmt, ...)
 {
     char shown[80];
     char why[160];
-    size_t i;
+    size_t i, o = 0;
     va_list ap;
 
     if (err == NULL || errlen == 0)
         return OUTBOX_ERR_INVALID;
     shown[0] = '\0';
     if (what != NULL) {
-        for (i = 0; what[i] != '\0' && i < 64; i++)
-            shown[i] = ((unsigned char)what[i] < ' ' || what[i] == 0x7F) ? '?' : what[i];
-        if (what[i] != '\0')
-            memcpy(shown + i, "...", 4);
-        else
-            shown[i] = '\0';
+        for (i = 0; what[i] != '\0' && o < 64; i++) {
+            unsigned char c = (unsigned char)what[i];
+            const char *e = c == '\n'   ? "\\n"
+                            : c == '\r' ? "\\r"
+                            : c == '\t' ? "\\t"
+                            : c == '\\' ? "\\\\"
+                                        : NULL;
+
+            if (e != NULL)
+                o += (size_t)snprintf(shown + o, sizeof(shown) - o, "%s", e);
+            else if (c < ' ' || c == 0x7F)
+                o += (size_t)snprintf(shown + o, sizeof(shown) - o, "\\x%02x", c);
+            else
+                shown[o++] = (char)c;
+        }
+        memcpy(shown + o, what[i] != '\0' ? "..." : "", what[i] != '\0' ? 4 : 1);
     }
     va_start(ap, fmt);
     vsnprintf(why, sizeof(why), fmt, ap);
@@ -157,7 +169,7 @@ outbox_message_validate(const outbox_message_t *msg, char *err, size_t errlen)
                           OUTBOX_HEADER_VALUE_MAX);
         /* The key travels as the Outbox-Key header value. */
         if (len > 0 && (why = outbox_value_problem(msg->key, len)) != NULL)
-            return reject(err, errlen, "key", NULL, "%s", why);
+            return reject(err, errlen, "key", msg->key, "%s", why);
         if (!utf8_valid((const unsigned char *)msg->key, len))
             return reject(err, errlen, "key", NULL, "is not valid UTF-8");
     }

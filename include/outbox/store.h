@@ -117,7 +117,9 @@ int outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt,
                            size_t errlen);
 
 /* Install or upgrade the schema to OUTBOX_SCHEMA_VERSION, idempotent and safe
- * to run concurrently (advisory lock). from and to report the versions. */
+ * to run concurrently (advisory lock). from and to report the versions.
+ * OUTBOX_ERR_SCHEMA when <table>_migrations records a version but the table
+ * or its enqueue function was dropped; err says how to reinstall. */
 int outbox_pg_migrate(const outbox_pg_options_t *opt, int *from, int *to, char *err, size_t errlen);
 
 /* The SQL of migration `version` for schema/table (NULL = defaults), for

@@ -168,6 +168,17 @@ make_long_strings(void)
     long_value[OUTBOX_HEADER_VALUE_MAX] = 'x';
 }
 
+/* 1 if s holds a control character: an error line must show the culprit's
+ * escaped (\n, \x01), never raw. */
+static int
+has_control(const char *s)
+{
+    for (; *s != '\0'; s++)
+        if ((unsigned char)*s < ' ' || *s == 0x7f)
+            return 1;
+    return 0;
+}
+
 static void
 test_invalid_rejected_by_both(void **state)
 {
@@ -227,6 +238,8 @@ test_invalid_rejected_by_both(void **state)
         if (c_enqueue(f->c, c->topic, c->key, c->hname, c->hvalue, c->null_body ? NULL : "b", id,
                       err, sizeof(err)) != OUTBOX_ERR_INVALID)
             fail_msg("case %zu: accepted by outbox_enqueue()", i);
+        if (has_control(err))
+            fail_msg("case %zu: C error shows a raw control character: %s", i, err);
         assert_int_equal(PQtransactionStatus(f->c), PQTRANS_INTRANS);
         th_exec(f->c, "COMMIT");
         /* SQL: refused with our error code and a message naming the
@@ -239,8 +252,23 @@ test_invalid_rejected_by_both(void **state)
             strncmp(PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY), "outbox: ", 8) != 0)
             fail_msg("case %zu: SQL error %s %s", i, st,
                      PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY));
+        if (has_control(PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY)))
+            fail_msg("case %zu: SQL error shows a raw control character: %s", i,
+                     PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY));
         PQclear(r);
     }
+    /* Both show the culprit the same way. */
+    th_exec(f->c, "BEGIN");
+    assert_int_equal(c_enqueue(f->c, "a", "k\r\n", NULL, NULL, "b", id, err, sizeof(err)),
+                     OUTBOX_ERR_INVALID);
+    th_exec(f->c, "COMMIT");
+    assert_non_null(strstr(err, "k\\r\\n"));
+    r = sql_enqueue(f->c, "a\x01", "k", NULL, NULL, "b");
+    assert_non_null(strstr(PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY), "'a\\x01'"));
+    PQclear(r);
+    r = sql_enqueue(f->c, "a", "k\r\n", NULL, NULL, "b");
+    assert_non_null(strstr(PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY), "'k\\r\\n'"));
+    PQclear(r);
     /* Forms only JSON can express. */
     static const char *const bad_json[] = {"[]",
                                            "\"s\"",

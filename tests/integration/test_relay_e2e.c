@@ -3,7 +3,8 @@
  * outboxd binary relays exactly the committed messages, byte-identical;
  * a SIGTERM mid-run leaves no lock and a restart still yields exactly the
  * committed set; two dispatchers never publish the same record; a record
- * re-published after a lost mark is dropped by the stream; core mode.
+ * re-published after a lost mark is dropped by the stream; core mode;
+ * the commands refusing an unmigrated or half-dropped schema.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -613,6 +614,51 @@ test_unmigrated_database_is_refused(void **state)
     th_db_drop(&env, db);
 }
 
+/* `outboxd migrate` when <table>_migrations records the schema but the
+ * table was dropped: not "already at version 2" (the relay would then ask
+ * for a migrate, a loop) but exit 1 naming the table and the statement
+ * that clears the rest; after that statement migrate installs it again. A
+ * dropped enqueue function is named too. */
+static void
+test_migrate_refuses_dropped_table(void **state)
+{
+    char db[512], bin[512], *out = NULL;
+    char *argv[] = {bin, "migrate", "--db", db, NULL};
+    const char *fix;
+    PGconn *pg;
+    (void)state;
+
+    th_db_create(&env, "e2e_dropped", db, sizeof(db));
+    th_bin(bin, sizeof(bin), "outboxd");
+    assert_int_equal(th_run(argv, NULL, 30000), 0);
+    pg = th_connect(db);
+    th_exec(pg, "DROP TABLE outbox");
+    assert_int_equal(th_run(argv, &out, 30000), 1);
+    assert_null(strstr(out, "already at version"));
+    assert_non_null(strstr(out, "table \"public\".\"outbox\" is missing"));
+    assert_non_null(strstr(out, "\"public\".\"outbox_migrations\" records schema version 2"));
+    fix = strstr(out, "DROP TABLE IF EXISTS");
+    assert_non_null(fix);
+    th_exec(pg, "%.*s", (int)strcspn(fix, "\n"), fix);
+    free(out);
+    /* the statement leaves nothing of the old install behind */
+    assert_int_equal(th_query_ll(pg, "SELECT (SELECT count(*) FROM pg_class WHERE relname LIKE "
+                                     "'outbox%%') + (SELECT count(*) FROM pg_proc WHERE proname "
+                                     "LIKE 'outbox%%')"),
+                     0);
+    assert_int_equal(th_run(argv, &out, 30000), 0);
+    assert_non_null(strstr(out, "migrated from version 0 to 2"));
+    free(out);
+
+    th_exec(pg, "DROP FUNCTION outbox_enqueue");
+    assert_int_equal(th_run(argv, &out, 30000), 1);
+    assert_non_null(strstr(out, "function \"public\".\"outbox_enqueue\"(text, text, jsonb, bytea) "
+                                "is missing"));
+    free(out);
+    PQfinish(pg);
+    th_db_drop(&env, db);
+}
+
 int
 main(void)
 {
@@ -625,6 +671,7 @@ main(void)
         cmocka_unit_test(test_core_mode),
         cmocka_unit_test(test_bad_config_exits_2_before_connecting),
         cmocka_unit_test(test_unmigrated_database_is_refused),
+        cmocka_unit_test(test_migrate_refuses_dropped_table),
     };
 
     th_env_load(&env);

@@ -254,6 +254,50 @@ test_message_header_list(void **state)
     (void)state;
 }
 
+/* Quoted culprits show control characters escaped, never raw: a newline
+ * from a key would split the error line (the SQL check does the same). */
+static void
+test_message_error_escapes_culprit(void **state)
+{
+    static const struct {
+        const char *topic, *key, *hname, *hvalue, *want;
+    } cases[] = {
+        {"a", "k\nx", NULL, NULL, "key \"k\\nx\" contains CR or LF"},
+        {"a", "k\r\n", NULL, NULL, "key \"k\\r\\n\" contains CR or LF"},
+        {"a", "\x01k\\ ", NULL, NULL, "key \"\\x01k\\\\ \" begins or ends"},
+        {"a\x01"
+         "b",
+         NULL, NULL, NULL, "topic \"a\\x01b\" contains"},
+        {"a\tb\x7f", NULL, NULL, NULL, "topic \"a\\tb\\x7f\" contains"},
+        {"a", NULL, "x\ny", "v", "header name \"x\\ny\" is not a token"},
+    };
+    outbox_header_t h;
+    outbox_message_t m;
+    char err[256];
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        h = (outbox_header_t){cases[i].hname, cases[i].hvalue};
+        m = (outbox_message_t){cases[i].topic, cases[i].key, &h, cases[i].hname != NULL, "", 0};
+        assert_int_equal(outbox_message_validate(&m, err, sizeof(err)), OUTBOX_ERR_INVALID);
+        if (strstr(err, cases[i].want) == NULL)
+            fail_msg("case %zu: error \"%s\" lacks \"%s\"", i, err, cases[i].want);
+    }
+    /* A culprit of control characters is still cut short. */
+    {
+        static char key[200];
+
+        memset(key, '\x01', sizeof(key) - 1);
+        key[0] = '\n';
+        m = (outbox_message_t){"a", key, NULL, 0, "", 0};
+        assert_int_equal(outbox_message_validate(&m, err, sizeof(err)), OUTBOX_ERR_INVALID);
+        assert_true(strlen(err) < 120);
+        assert_non_null(strstr(err, "\\n\\x01\\x01"));
+        assert_non_null(strstr(err, "...\" contains CR or LF"));
+    }
+    (void)state;
+}
+
 static void
 test_message_error_buffer(void **state)
 {
@@ -281,10 +325,15 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_subject_valid),        cmocka_unit_test(test_subject_invalid),
-        cmocka_unit_test(test_subject_length_limit), cmocka_unit_test(test_message_valid),
-        cmocka_unit_test(test_message_invalid),      cmocka_unit_test(test_message_limits),
-        cmocka_unit_test(test_message_header_list),  cmocka_unit_test(test_message_error_buffer),
+        cmocka_unit_test(test_subject_valid),
+        cmocka_unit_test(test_subject_invalid),
+        cmocka_unit_test(test_subject_length_limit),
+        cmocka_unit_test(test_message_valid),
+        cmocka_unit_test(test_message_invalid),
+        cmocka_unit_test(test_message_limits),
+        cmocka_unit_test(test_message_header_list),
+        cmocka_unit_test(test_message_error_buffer),
+        cmocka_unit_test(test_message_error_escapes_culprit),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
