@@ -102,7 +102,7 @@ TAIL_PID=$!
 sleep 0.5
 kill -0 "$RELAY_PID" 2>/dev/null || { echo "demo: outboxd run exited at start" >&2; exit 1; }
 
-say "6/7 producer (outbox-demo $*)"
+say "6/7 producer (outbox-demo${*:+ $*})"
 "$BIN/outbox-demo" --db "$DB" "$@" | tee "$ENVDIR/demo.out"
 committed=$(grep -c '^committed ' "$ENVDIR/demo.out" || true)
 rolled=$(grep -c '^rolled back ' "$ENVDIR/demo.out" || true)

@@ -389,6 +389,18 @@ test_target_checks(void **state)
     target_value_text(&t, buf, sizeof(buf));
     assert_string_equal(buf, "12 messages missing");
     assert_string_equal(target_verdict(&t), "NO");
+    /* --quick: measured figures get no verdict; missing messages still NO */
+    t.quick = 1;
+    assert_string_equal(target_verdict(&t), "NO");
+    t.value = 1;
+    assert_string_equal(target_verdict(&t), "n/a (--quick)");
+    t.value = 99;
+    assert_string_equal(target_verdict(&t), "n/a (--quick)");
+    assert_int_equal(target_met(&t), 0);
+    t.value = NAN;
+    assert_string_equal(target_verdict(&t), "not measured");
+    t.op = TARGET_INFO;
+    assert_string_equal(target_verdict(&t), "-");
 }
 
 static void

@@ -25,11 +25,13 @@ typedef struct target {
     double limit;
     char unit[16];   /* "msgs/s", "ms", "MiB", "%", "" */
     char detail[64]; /* shown after the value: "2 workers", "52000 / 56000" */
+    int quick;       /* measured at --quick sizes: too small to be held to the target */
 } target_t;
 
-/* 1 met, 0 missed, -1 not measured or TARGET_INFO. */
+/* 1 met, 0 missed, -1 not measured or TARGET_INFO (quick does not change it). */
 int target_met(const target_t *t);
-/* "yes", "NO", "not measured" or "-" (TARGET_INFO). */
+/* "yes", "NO", "not measured", "n/a (--quick)" (measured at quick sizes;
+ * a value missed for a stated reason stays "NO") or "-" (TARGET_INFO). */
 const char *target_verdict(const target_t *t);
 /* "value unit (detail)" and ">= limit unit" for the summary table. */
 void target_value_text(const target_t *t, char *out, size_t len);
