@@ -4,7 +4,9 @@
  * ever read, requeued or deleted. Requeue gives a record a fresh id (a new
  * Nats-Msg-Id: the stream must not drop it as a duplicate) and a fresh seq
  * (it joins the back of the queue and of its key), and resets attempts and
- * crashes; the previous id and error stay in last_error.
+ * crashes; the previous id and error stay in last_error. Text output shows
+ * row data escaped (escape.h): a topic, key, error or body written around
+ * the guard trigger cannot move the cursor or recolour the terminal.
  */
 #include <jansson.h>
 #include <stdlib.h>
@@ -12,6 +14,7 @@
 #include <strings.h>
 
 #include "dead_pg.h"
+#include "escape.h"
 #include "pg_util.h"
 
 #define DEFAULT_LIMIT 100
@@ -37,7 +40,7 @@ static const char sql_show[] =
         "processed_on") ", " UTC("last_attempt_on") ", coalesce(last_error, ''), "
                                                     "octet_length(body),"
                                                     " encode(substring(body FROM 1 FOR 4096), "
-                                                    "'escape'),"
+                                                    "'hex'),"
                                                     " translate(encode(body, 'base64'), E'\\n', '')"
                                                     " FROM @T@ WHERE" FILTER " ORDER BY seq";
 /* New seqs are drawn in the records' old order (the inner ORDER BY), so a
@@ -236,6 +239,31 @@ report_missed(PGconn *conn, const char *qtable, const char *action, const outbox
     return nmissed;
 }
 
+/* Column c of row i escaped into buf (len bytes), backslashes included. */
+static const char *
+escaped(char *buf, size_t len, const PGresult *res, int i, int c)
+{
+    outbox_escape(buf, len, PQgetvalue(res, i, c), (size_t)PQgetlength(res, i, c),
+                  OUTBOX_ESCAPE_BACKSLASH);
+    return buf;
+}
+
+/* Column c of row i, hex of bytes, decoded and escaped into buf. */
+static const char *
+body_escaped(char *buf, size_t len, const PGresult *res, int i, int c)
+{
+    static char raw[SHOW_BODY_MAX];
+    const char *hex = PQgetvalue(res, i, c);
+    size_t n = 0;
+    unsigned int b;
+
+    for (; hex[0] != '\0' && hex[1] != '\0' && n < sizeof(raw); hex += 2)
+        if (sscanf(hex, "%2x", &b) == 1)
+            raw[n++] = (char)b;
+    outbox_escape(buf, len, raw, n, OUTBOX_ESCAPE_BACKSLASH);
+    return buf;
+}
+
 static void
 print_list(PGresult *res, const outbox_dead_query_t *q, FILE *out)
 {
@@ -268,10 +296,14 @@ print_list(PGresult *res, const outbox_dead_query_t *q, FILE *out)
     }
     fprintf(out, "%-36s  %-20s  %4s %3s  %-24s  %s\n", "ID", "DIED (UTC)", "ATT", "CR", "TOPIC",
             "ERROR");
-    for (i = 0; i < rows; i++)
-        fprintf(out, "%-36s  %-20s  %4s %3s  %-24.60s  %.100s\n", PQgetvalue(res, i, 0),
-                PQgetvalue(res, i, 5), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
-                PQgetvalue(res, i, 1), PQgetvalue(res, i, 6));
+    for (i = 0; i < rows; i++) {
+        char topic[64], error[104];
+
+        escaped(topic, 61, res, i, 1);
+        escaped(error, 101, res, i, 6);
+        fprintf(out, "%-36s  %-20s  %4s %3s  %-24s  %s\n", PQgetvalue(res, i, 0),
+                PQgetvalue(res, i, 5), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4), topic, error);
+    }
     if (total > rows)
         fprintf(out, "%d of %lld dead records shown (newest first; --limit N for more)\n", rows,
                 total);
@@ -285,6 +317,7 @@ print_show(PGresult *res, const outbox_dead_query_t *q, FILE *out)
     static const char *const names[] = {"id",      "seq",          "topic",   "key",
                                         "headers", "attempts",     "crashes", "created",
                                         "died",    "last_attempt", "error",   "body_bytes"};
+    static char buf[4 * SHOW_BODY_MAX + 1]; /* a body shown, each byte escaped */
     int rows = PQntuples(res), i, c;
 
     for (i = 0; i < rows; i++) {
@@ -314,8 +347,8 @@ print_show(PGresult *res, const outbox_dead_query_t *q, FILE *out)
             fputc('\n', out);
         for (c = 0; c < 12; c++)
             fprintf(out, "%-13s %s\n", names[c],
-                    PQgetisnull(res, i, c) ? "-" : PQgetvalue(res, i, c));
-        fprintf(out, "%-13s %s%s\n", "body", PQgetvalue(res, i, 12),
+                    PQgetisnull(res, i, c) ? "-" : escaped(buf, sizeof(buf), res, i, c));
+        fprintf(out, "%-13s %s%s\n", "body", body_escaped(buf, sizeof(buf), res, i, 12),
                 atoll(PQgetvalue(res, i, 11)) > SHOW_BODY_MAX ? " ... (cut; --json has it all)"
                                                               : "");
     }

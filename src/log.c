@@ -1,7 +1,9 @@
 /*
  * Logging to stderr or an append-only file. Each event is formatted into
  * one buffer and written with a single write(2), so lines from several
- * processes sharing the file never interleave.
+ * processes sharing the file never interleave. The message is escaped
+ * (escape.h): text from rows or servers cannot split a line or send
+ * terminal control sequences.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "escape.h"
 #include "log.h"
 
 static int log_level = OUTBOX_LOG_INFO;
@@ -83,11 +86,11 @@ outbox_log_close(void)
 void
 outbox_log(int level, const char *fmt, ...)
 {
-    char buf[2048];
+    char buf[2048], msg[1536];
     struct timeval tv;
     struct tm tm;
     va_list ap;
-    size_t n;
+    size_t n, m;
     int saved = errno;
 
     if (level > log_level)
@@ -101,11 +104,15 @@ outbox_log(int level, const char *fmt, ...)
                                       : level > 3 ? 3
                                                   : level]);
     va_start(ap, fmt);
-    if (n < sizeof(buf))
-        n += (size_t)vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    if (n >= sizeof(buf) - 1)
-        n = sizeof(buf) - 2;
+    /* a trailing newline (libpq's messages end with one) is not escaped */
+    for (m = strlen(msg); m > 0 && (msg[m - 1] == '\n' || msg[m - 1] == ' '); m--)
+        ;
+    if (n < sizeof(buf) - 1) {
+        outbox_escape(buf + n, sizeof(buf) - 1 - n, msg, m, 0);
+        n += strlen(buf + n);
+    }
     buf[n++] = '\n';
     if (write(log_fd, buf, n) < 0 && log_fd != 2)
         (void)!write(2, buf, n);

@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "outbox/outbox.h"
+#include "escape.h"
 #include "validate.h"
 
 /* 1 if s[0..len) is well-formed UTF-8 (no overlongs, surrogates or code
@@ -18,36 +19,11 @@
 static int
 utf8_valid(const unsigned char *s, size_t len)
 {
-    size_t i = 0, n, k;
-    unsigned int cp, min;
+    size_t i = 0, n;
 
-    while (i < len) {
-        unsigned char c = s[i];
-
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if ((c & 0xE0) == 0xC0) {
-            n = 1, cp = c & 0x1F, min = 0x80;
-        } else if ((c & 0xF0) == 0xE0) {
-            n = 2, cp = c & 0x0F, min = 0x800;
-        } else if ((c & 0xF8) == 0xF0) {
-            n = 3, cp = c & 0x07, min = 0x10000;
-        } else {
+    for (; i < len; i += n)
+        if ((n = outbox_utf8_len(s + i, len - i)) == 0)
             return 0;
-        }
-        if (len - i <= n)
-            return 0;
-        for (k = 1; k <= n; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return 0;
-        i += n + 1;
-    }
     return 1;
 }
 
@@ -106,38 +82,22 @@ outbox_subject_valid(const char *subject)
     return subject_problem(subject) == NULL;
 }
 
-/* Write "label "what" why" to err, what with control characters and '\'
- * escaped (\n, \x01, \\: the line shows what was sent and stays one line,
- * as in <table>_escaped()) and cut at 64 bytes so the line stays short. */
+/* Write "label "what" why" to err, what escaped (\n, \x01, \\, and bytes
+ * that are not UTF-8 as \xNN: the line shows what was sent and stays one
+ * line, as in <table>_escaped()) and cut at 64 bytes so it stays short. */
 static int
 reject(char *err, size_t errlen, const char *label, const char *what, const char *fmt, ...)
 {
     char shown[80];
     char why[160];
-    size_t i, o = 0;
     va_list ap;
 
     if (err == NULL || errlen == 0)
         return OUTBOX_ERR_INVALID;
     shown[0] = '\0';
-    if (what != NULL) {
-        for (i = 0; what[i] != '\0' && o < 64; i++) {
-            unsigned char c = (unsigned char)what[i];
-            const char *e = c == '\n'   ? "\\n"
-                            : c == '\r' ? "\\r"
-                            : c == '\t' ? "\\t"
-                            : c == '\\' ? "\\\\"
-                                        : NULL;
-
-            if (e != NULL)
-                o += (size_t)snprintf(shown + o, sizeof(shown) - o, "%s", e);
-            else if (c < ' ' || c == 0x7F)
-                o += (size_t)snprintf(shown + o, sizeof(shown) - o, "\\x%02x", c);
-            else
-                shown[o++] = (char)c;
-        }
-        memcpy(shown + o, what[i] != '\0' ? "..." : "", what[i] != '\0' ? 4 : 1);
-    }
+    if (what != NULL &&
+        outbox_escape(shown, 65, what, strlen(what), OUTBOX_ESCAPE_BACKSLASH) < strlen(what))
+        strcat(shown, "...");
     va_start(ap, fmt);
     vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);

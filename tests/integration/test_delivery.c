@@ -423,6 +423,67 @@ test_dead_letters_and_operator_commands(void **state)
     pool_close(&c);
 }
 
+/* Rows written around the guard trigger (trigger disabled, a restore, an
+ * old client) can hold any text. What outboxd prints of them, the relay's
+ * log and `dead list`/`dead show`, is escaped: no raw control character
+ * (a terminal escape sequence, a newline splitting a log line) gets out. */
+static void
+test_row_text_is_printed_escaped(void **state)
+{
+    char *out = NULL, id[OUTBOX_ID_LEN + 1];
+    const char *p;
+    PGconn *pg;
+    PGresult *r;
+    pool_t c;
+    (void)state;
+
+    pool_open(&c, "escape");
+    pg = th_connect(c.db);
+    th_exec(pg, "ALTER TABLE outbox DISABLE TRIGGER outbox_guard");
+    /* pending, an invalid subject: the relay parks it and logs why */
+    th_exec(pg,
+            "INSERT INTO outbox (id, topic, msg_key, headers, body) VALUES (gen_random_uuid(),"
+            " E'%s.t\\x1b[2J\\nfake log line', E'k\\x07', '{}', 'b')",
+            c.prefix);
+    /* already dead, control characters in every text column and the body */
+    th_exec(pg,
+            "INSERT INTO outbox (id, topic, msg_key, headers, body, state, processed_on,"
+            " last_error) VALUES (gen_random_uuid(), E'%s.d\\x1b]0;title\\x07',"
+            " E'key\\x1b[31m', E'{\"h\": \"v\\\\u001b\"}',"
+            " E'body\\\\033[2Jmore\\\\012\\\\377', 2, now(), E'why\\x1b[5m\\r')",
+            c.prefix);
+    th_exec(pg, "ALTER TABLE outbox ENABLE TRIGGER outbox_guard");
+    r = PQexec(pg, "SELECT id FROM outbox WHERE state = 2");
+    assert_int_equal(PQntuples(r), 1);
+    snprintf(id, sizeof(id), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+
+    pool_write_conf(&c, 1, NULL);
+    pool_start(&c);
+    wait_count(&c, pg, 2, 30000, "SELECT count(*) FROM outbox WHERE state = 2");
+    assert_true(pool_log_has(&c, "parked as dead"));
+    assert_true(pool_log_has(&c, ".t\\x1b[2J\\nfake log line"));
+    assert_false(pool_log_has(&c, "\x1b"));
+
+    assert_int_equal(outboxd(&c, &out, "dead", "list", NULL, NULL, NULL), 0);
+    assert_non_null(strstr(out, "2 dead records"));
+    assert_non_null(strstr(out, "why\\x1b[5m\\r"));
+    for (p = out; *p != '\0'; p++)
+        if ((unsigned char)*p < ' ' && *p != '\n')
+            fail_msg("dead list printed a raw 0x%02x:\n%s", (unsigned char)*p, out);
+    free(out);
+    assert_int_equal(outboxd(&c, &out, "dead", "show", id, NULL, NULL), 0);
+    assert_non_null(strstr(out, ".d\\x1b]0;title\\x07"));
+    assert_non_null(strstr(out, "key\\x1b[31m"));
+    assert_non_null(strstr(out, "body\\x1b[2Jmore\\n\\xff"));
+    for (p = out; *p != '\0'; p++)
+        if ((unsigned char)*p < ' ' && *p != '\n')
+            fail_msg("dead show printed a raw 0x%02x:\n%s", (unsigned char)*p, out);
+    free(out);
+    PQfinish(pg);
+    pool_close(&c);
+}
+
 /* ---- retry backoff ---- */
 
 /* A failing record is retried after retry_initial x multiplier^(n-1),
@@ -603,6 +664,7 @@ main(void)
         cmocka_unit_test(test_poison_record_is_parked_innocents_delivered),
         cmocka_unit_test(test_per_key_order_across_workers_and_failures),
         cmocka_unit_test(test_dead_letters_and_operator_commands),
+        cmocka_unit_test(test_row_text_is_printed_escaped),
         cmocka_unit_test(test_retry_backoff_schedule),
         cmocka_unit_test(test_short_duplicate_window_warned),
         cmocka_unit_test(test_outages_end_exactly_once),

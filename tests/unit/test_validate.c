@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "escape.h"
 #include "outbox/outbox.h"
 
 static char *
@@ -298,6 +299,56 @@ test_message_error_escapes_culprit(void **state)
     (void)state;
 }
 
+/* outbox_escape(): control characters and bytes that are not UTF-8 are
+ * escaped, valid UTF-8 is kept, output is cut between characters. */
+static void
+test_escape(void **state)
+{
+    static const struct {
+        const char *in;
+        size_t len;
+        unsigned flags;
+        const char *want;
+    } cases[] = {
+        {"plain", 5, 0, "plain"},
+        {"a\nb\r\t", 5, 0, "a\\nb\\r\\t"},
+        {"\x1b[31mred", 8, 0, "\\x1b[31mred"},
+        {"nul\0x", 5, 0, "nul\\x00x"},
+        {"del\x7f", 4, 0, "del\\x7f"},
+        {"a\\b", 3, 0, "a\\b"},
+        {"a\\b", 3, OUTBOX_ESCAPE_BACKSLASH, "a\\\\b"},
+        {"caf\xc3\xa9 \xe6\x97\xa5", 9, 0, "caf\xc3\xa9 \xe6\x97\xa5"},
+        {"bad\xff\xc3(", 6, 0, "bad\\xff\\xc3("},
+        {"\xed\xa0\x80", 3, 0, "\\xed\\xa0\\x80"}, /* a surrogate */
+        {"\xc0\xaf", 2, 0, "\\xc0\\xaf"},          /* an overlong '/' */
+        {"\xe2\x82", 2, 0, "\\xe2\\x82"},          /* cut short */
+    };
+    char out[64];
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(outbox_escape(out, sizeof(out), cases[i].in, cases[i].len, cases[i].flags),
+                         cases[i].len);
+        if (strcmp(out, cases[i].want) != 0)
+            fail_msg("case %zu: \"%s\", want \"%s\"", i, out, cases[i].want);
+    }
+    /* Too small: never half an escape nor half a character. */
+    assert_int_equal(outbox_escape(out, 4, "ab\x01", 3, 0), 2);
+    assert_string_equal(out, "ab");
+    assert_int_equal(outbox_escape(out, 4, "a\xc3\xa9\xc3\xa9", 5, 0), 3);
+    assert_string_equal(out, "a\xc3\xa9");
+    assert_int_equal(outbox_escape(out, 1, "a", 1, 0), 0);
+    assert_string_equal(out, "");
+    /* An invalid UTF-8 culprit is quoted escaped, never raw. */
+    {
+        outbox_message_t m = {"a.\xff\x1b", NULL, NULL, 0, "", 0};
+
+        assert_int_equal(outbox_message_validate(&m, out, sizeof(out)), OUTBOX_ERR_INVALID);
+        assert_non_null(strstr(out, "\"a.\\xff\\x1b\""));
+    }
+    (void)state;
+}
+
 static void
 test_message_error_buffer(void **state)
 {
@@ -334,6 +385,7 @@ main(void)
         cmocka_unit_test(test_message_header_list),
         cmocka_unit_test(test_message_error_buffer),
         cmocka_unit_test(test_message_error_escapes_culprit),
+        cmocka_unit_test(test_escape),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
