@@ -552,40 +552,67 @@ static const char leftovers[] =
     "@q:_guard@;";
 
 /*
- * <table>_migrations records a version but the table (or, at the latest
- * version, <table>_enqueue()) is gone, dropped by hand: applying nothing
- * and reporting "already at version N" would leave the relay refusing to
- * start and asking for a migrate, a loop. OUTBOX_ERR_SCHEMA with what is
- * missing and the fix.
+ * What was dropped or disabled by hand since the last migrate, found
+ * before anything is applied: OUTBOX_ERR_SCHEMA with what is missing and
+ * the statements that fix it. Applying nothing and reporting "already at
+ * version N" would leave the relay refusing to start (table or function
+ * gone) or running without validation and wake-ups (guard trigger gone or
+ * disabled); re-running version 1 over a table whose <table>_migrations was
+ * dropped would fail on the first object that exists.
  */
 static int
 check_installed(PGconn *c, const outbox_pg_names_t *n, char *err, size_t errlen)
 {
-    sbuf_t b = {0}, fn = {0};
+    sbuf_t b = {0}, fn = {0}, tg = {0};
     PGresult *res = NULL;
-    const char *params[3];
+    const char *params[4];
     int rc, version;
-    bool table, enqueue;
+    bool recorded, table, enqueue;
+    char trigger;
 
     expand(&fn, n, "@q:_enqueue@(text, text, jsonb, bytea)");
-    if (fn.nomem) {
+    expand(&tg, n, "@n:_guard@");
+    if (fn.nomem || tg.nomem) {
         rc = OUTBOX_ERR_NOMEM;
         goto done;
     }
     params[0] = n->qmigrations;
     params[1] = n->qtable;
     params[2] = fn.p;
+    params[3] = tg.p;
     if ((rc = run(c, "schema check",
                   "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL, "
-                  "to_regprocedure($3) IS NOT NULL",
-                  3, params, &res, err, errlen)) != OUTBOX_OK)
+                  "to_regprocedure($3) IS NOT NULL, coalesce((SELECT tgenabled FROM pg_trigger "
+                  "WHERE tgrelid = to_regclass($2) AND '\"' || replace(tgname, '\"', '\"\"') || "
+                  "'\"' = $4), "
+                  "'-')",
+                  4, params, &res, err, errlen)) != OUTBOX_OK)
         goto done;
+    recorded = PQgetvalue(res, 0, 0)[0] == 't';
     table = PQgetvalue(res, 0, 1)[0] == 't';
     enqueue = PQgetvalue(res, 0, 2)[0] == 't';
-    if (PQgetvalue(res, 0, 0)[0] != 't' || (table && enqueue))
-        goto done; /* nothing recorded, or all there */
+    trigger = PQgetvalue(res, 0, 3)[0]; /* '-' none, 'D' disabled */
     PQclear(res);
     res = NULL;
+    if (!recorded) {
+        if (!table)
+            goto done; /* a first install */
+        rc = OUTBOX_ERR_SCHEMA;
+        expand(&b, n,
+               "CREATE TABLE @q:_migrations@ (version integer PRIMARY KEY, description text NOT "
+               "NULL, applied_on timestamptz NOT NULL DEFAULT now()); INSERT INTO "
+               "@q:_migrations@ (version, description) VALUES (1, 'recorded by hand')");
+        if (trigger != '-')
+            expand(&b, n, ", (2, 'recorded by hand')");
+        snprintf(err, errlen,
+                 "table %s exists but %s, which records its schema version, does not (dropped "
+                 "by hand?), so migrate cannot tell what to apply (if %s is another "
+                 "application's table, set `table` to another name). If outboxd installed it, "
+                 "record its version (%d: its %s trigger %s) and run `outboxd migrate` again: %s",
+                 n->qtable, n->qmigrations, n->qtable, trigger != '-' ? 2 : 1, tg.p,
+                 trigger != '-' ? "is there" : "is not", b.nomem ? "" : b.p);
+        goto done;
+    }
     expand(&b, n, "SELECT coalesce(max(version), 0) FROM @q:_migrations@");
     if (b.nomem) {
         rc = OUTBOX_ERR_NOMEM;
@@ -594,29 +621,47 @@ check_installed(PGconn *c, const outbox_pg_names_t *n, char *err, size_t errlen)
     if ((rc = run(c, "read migrations", b.p, 0, NULL, &res, err, errlen)) != OUTBOX_OK)
         goto done;
     version = atoi(PQgetvalue(res, 0, 0));
-    if (version == 0 || (table && version < NMIGRATIONS))
-        goto done; /* nothing installed; a later version creates the function again */
-    rc = OUTBOX_ERR_SCHEMA;
+    free(b.p);
+    b = (sbuf_t){0};
+    if (version == 0)
+        goto done; /* nothing installed */
     if (!table) {
-        free(b.p);
-        b = (sbuf_t){0};
+        rc = OUTBOX_ERR_SCHEMA;
         expand(&b, n, leftovers);
         snprintf(err, errlen,
                  "table %s is missing although %s records schema version %d (dropped by hand?); "
                  "to reinstall it empty, drop what is left of it and run `outboxd migrate` "
                  "again: %s",
                  n->qtable, n->qmigrations, version, b.nomem ? "" : b.p);
-    } else {
+    } else if (version < NMIGRATIONS) {
+        goto done; /* a later version creates the function and the trigger again */
+    } else if (!enqueue) {
+        rc = OUTBOX_ERR_SCHEMA;
         snprintf(err, errlen,
                  "function %s is missing although %s records schema version %d (dropped by "
                  "hand?): create it again with the last CREATE OR REPLACE FUNCTION of it in "
                  "`outboxd migrate --print`",
                  fn.p, n->qmigrations, version);
+    } else if (trigger == '-' || trigger == 'D') {
+        rc = OUTBOX_ERR_SCHEMA;
+        if (trigger == 'D')
+            expand(&b, n, "ALTER TABLE @table@ ENABLE TRIGGER @n:_guard@");
+        else
+            expand(&b, n,
+                   "CREATE TRIGGER @n:_guard@ BEFORE INSERT OR UPDATE OF topic, msg_key, headers "
+                   "ON @table@ FOR EACH ROW EXECUTE FUNCTION @q:_guard@()");
+        snprintf(err, errlen,
+                 "trigger %s on %s is %s although %s records schema version %d: without it "
+                 "messages are not validated and idle relays are not woken (delivery waits for "
+                 "process_interval); %s it again: %s",
+                 tg.p, n->qtable, trigger == 'D' ? "disabled" : "missing (dropped by hand?)",
+                 n->qmigrations, version, trigger == 'D' ? "enable" : "create", b.nomem ? "" : b.p);
     }
 done:
     PQclear(res);
     free(b.p);
     free(fn.p);
+    free(tg.p);
     return rc;
 }
 

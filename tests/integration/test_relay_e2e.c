@@ -618,7 +618,8 @@ test_unmigrated_database_is_refused(void **state)
  * table was dropped: not "already at version 2" (the relay would then ask
  * for a migrate, a loop) but exit 1 naming the table and the statement
  * that clears the rest; after that statement migrate installs it again. A
- * dropped enqueue function is named too. */
+ * dropped enqueue function, a dropped or disabled guard trigger and a
+ * dropped <table>_migrations are named too, each with its fix. */
 static void
 test_migrate_refuses_dropped_table(void **state)
 {
@@ -649,6 +650,40 @@ test_migrate_refuses_dropped_table(void **state)
     assert_int_equal(th_run(argv, &out, 30000), 0);
     assert_non_null(strstr(out, "migrated from version 0 to 2"));
     free(out);
+
+    /* the guard trigger (validation and wake-ups) disabled, then dropped;
+     * <table>_migrations dropped: each named, with the statement that fixes it */
+    {
+        static const struct {
+            const char *breaks, *says, *fix_after;
+        } cases[] = {
+            {"ALTER TABLE outbox DISABLE TRIGGER outbox_guard",
+             "trigger \"outbox_guard\" on \"public\".\"outbox\" is disabled", "enable it again: "},
+            {"DROP TRIGGER outbox_guard ON outbox",
+             "trigger \"outbox_guard\" on \"public\".\"outbox\" is missing", "create it again: "},
+            {"DROP TABLE outbox_migrations",
+             "table \"public\".\"outbox\" exists but \"public\".\"outbox_migrations\"",
+             "run `outboxd migrate` again: "},
+        };
+        size_t i;
+
+        for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            th_exec(pg, "%s", cases[i].breaks);
+            assert_int_equal(th_run(argv, &out, 30000), 1);
+            if (strstr(out, cases[i].says) == NULL || strstr(out, cases[i].fix_after) == NULL)
+                fail_msg("case %zu: \"%s\" lacks \"%s\"", i, out, cases[i].says);
+            fix = strstr(out, cases[i].fix_after) + strlen(cases[i].fix_after);
+            th_exec(pg, "%.*s", (int)strcspn(fix, "\n"), fix);
+            free(out);
+            assert_int_equal(th_run(argv, &out, 30000), 0);
+            assert_non_null(strstr(out, "already at version 2"));
+            free(out);
+        }
+        /* the trigger is back: validation refuses a bad topic again */
+        assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM pg_trigger WHERE tgname = "
+                                         "'outbox_guard' AND tgenabled = 'O'"),
+                         1);
+    }
 
     th_exec(pg, "DROP FUNCTION outbox_enqueue");
     assert_int_equal(th_run(argv, &out, 30000), 1);
