@@ -639,6 +639,11 @@ outbox_config_validate(const outbox_config_t *cfg, char *err, size_t errlen)
         return OUTBOX_ERR_CONFIG;
     if (outbox_pg_check_conninfo(cfg->db, err, errlen) != OUTBOX_OK)
         return OUTBOX_ERR_CONFIG;
+    if (cfg->retry_max_ms < cfg->retry_initial_ms) {
+        snprintf(err, errlen, "retry_max (%lldms) must be at least retry_initial (%lldms)",
+                 (long long)cfg->retry_max_ms, (long long)cfg->retry_initial_ms);
+        return OUTBOX_ERR_CONFIG;
+    }
     outbox_config_dispatcher_settings(cfg, &s);
     if (outbox_dispatcher_settings_validate(&s, err, errlen) != OUTBOX_OK)
         return OUTBOX_ERR_CONFIG;

@@ -390,6 +390,13 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
         fprintf(err, "outboxd: dead show needs a record id\n");
         return 2;
     }
+    if (q->all && has_filter(q)) {
+        fprintf(err,
+                "outboxd: dead %s: --all acts on every dead record: give it alone, or ids or "
+                "filters without it\n",
+                action);
+        return 2;
+    }
     if (!list && !show && !has_filter(q) && !q->all) {
         fprintf(err,
                 "outboxd: dead %s: name record ids or a filter (--topic, --error, "

@@ -320,6 +320,11 @@ test_dead_letters_and_operator_commands(void **state)
     assert_non_null(strstr(out, "--all"));
     free(out);
     assert_int_equal(outboxd(&c, NULL, "dead", "show", "not-an-id", NULL, NULL), 2);
+    /* --all beside an id or a filter: which one was meant? usage error, nothing done */
+    assert_int_equal(outboxd(&c, &out, "dead", "purge", "--all", idA, NULL), 2);
+    assert_non_null(strstr(out, "--all acts on every dead record"));
+    free(out);
+    assert_int_equal(outboxd(&c, NULL, "dead", "requeue", "--all", "--topic", pat), 2);
 
     /* the stream now takes the subject: requeue, delivered under a new id */
     snprintf(subjects, sizeof(subjects), "%s.>", c.prefix);

@@ -94,7 +94,7 @@ test_cross_checks(void **state)
         {"retention", "30s", "retention"},
         {"dead_retention", "30s", "dead_retention"},
         {"max_lock_time", "15s", "publish_timeout"},
-        {"retry_max", "10ms", "retry_max"},
+        {"retry_max", "10ms", "retry_max (10ms) must be at least retry_initial (1000ms)"},
         {"nats_url", "", "nats_url"},
         {"table", "", "table"},
         {"schema", "", "schema"},
@@ -127,6 +127,10 @@ test_cross_checks(void **state)
     }
     k[0] = "retention";
     v[0] = "never";
+    assert_int_equal(outbox_config_load(&cfg, NULL, k, v, 1, err, sizeof(err)), OUTBOX_OK);
+    assert_int_equal(cfg.retention_ms, -1);
+    outbox_config_free(&cfg);
+    v[0] = "forever"; /* the README's other word for it */
     assert_int_equal(outbox_config_load(&cfg, NULL, k, v, 1, err, sizeof(err)), OUTBOX_OK);
     assert_int_equal(cfg.retention_ms, -1);
     outbox_config_free(&cfg);
