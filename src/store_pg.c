@@ -81,24 +81,32 @@ enum {
  * key (its oldest pending row, one probe of the key index) is free and due,
  * so a key held by another relay or waiting for a retry is passed over and
  * never fills the batch. A lateral join, so that PostgreSQL can memoize the
- * probe per key (it does not without statistics, after a bulk load). The
- * scan stops at the window: the oldest max(16 x batch, 4096) pending rows,
- * so a claim that finds little (every key's head held by other relays)
- * costs that many rows, not the whole backlog; rows past it are claimed as
- * the window moves. */
+ * probe per key (it does not without statistics, after a bulk load).
+ * The window w stops the scan after max(16 x batch, 4096) rows that are due
+ * and not of a key waiting for a retry: a claim that finds little, every
+ * key's head being held by other relays, costs that many rows, not the
+ * whole backlog, and rows past it are claimed as the window moves; a
+ * waiting key's rows (and rows waiting themselves) never fill the window,
+ * so however many there are, the keys behind them go on. The window's
+ * rows are joined back to the table to be locked (the LIMIT of the locking
+ * scan is the bound, and a locked row is checked again as it is now); the
+ * join pulls from the window only until the batch is full, so the common
+ * claim reads a batch, not a window. */
 #define OUTBOX_CLAIM_WINDOW_PER_ROW "16"
 #define OUTBOX_CLAIM_WINDOW_MIN "4096"
 #define ORDERED_CANDIDATES                                                                         \
     "WITH c AS MATERIALIZED ("                                                                     \
-    " SELECT t.id, t.seq, t.msg_key, t.crashes FROM @T@ t LEFT JOIN LATERAL"                       \
-    " (SELECT h.locked_by IS NULL AND h.next_attempt_at <= now() AS free FROM @T@ h"               \
-    " WHERE h.state = 0 AND h.msg_key = t.msg_key ORDER BY h.seq LIMIT 1) hd ON true"              \
-    " WHERE t.state = 0 AND t.locked_by IS NULL AND t.next_attempt_at <= now()"                    \
-    " AND t.seq < coalesce((SELECT w.seq FROM @T@ w WHERE w.state = 0 ORDER BY w.seq"              \
-    " OFFSET greatest(" OUTBOX_CLAIM_WINDOW_PER_ROW " * $2, " OUTBOX_CLAIM_WINDOW_MIN              \
-    ") LIMIT 1),"                                                                                  \
-    " 9223372036854775807)"                                                                        \
-    " AND (t.msg_key IS NULL OR hd.free) ORDER BY t.seq LIMIT $2 FOR UPDATE OF t SKIP LOCKED),"
+    " SELECT t.id, t.seq, t.msg_key, t.crashes FROM (SELECT t.id, t.seq, t.msg_key, t.locked_by,"  \
+    " hd.locked_by IS NULL AS free FROM @T@ t LEFT JOIN LATERAL (SELECT h.locked_by,"              \
+    " h.next_attempt_at FROM @T@ h WHERE h.state = 0 AND h.msg_key = t.msg_key"                    \
+    " ORDER BY h.seq LIMIT 1) hd ON true"                                                          \
+    " WHERE t.state = 0 AND t.next_attempt_at <= now() AND (t.msg_key IS NULL"                     \
+    " OR hd.locked_by IS NOT NULL OR hd.next_attempt_at <= now())"                                 \
+    " ORDER BY t.seq LIMIT greatest(" OUTBOX_CLAIM_WINDOW_PER_ROW                                  \
+    " * $2, " OUTBOX_CLAIM_WINDOW_MIN ")) w JOIN @T@ t ON t.id = w.id"                             \
+    " WHERE w.locked_by IS NULL AND (w.msg_key IS NULL OR w.free)"                                 \
+    " AND t.state = 0 AND t.locked_by IS NULL AND t.next_attempt_at <= now()"                      \
+    " ORDER BY w.seq LIMIT $2 FOR UPDATE OF t SKIP LOCKED),"
 #define CLAIM_UPDATE                                                                               \
     " p AS (SELECT id FROM s UNION ALL SELECT id FROM ok WHERE NOT EXISTS (SELECT 1 FROM s)),"     \
     " u AS (UPDATE @T@ AS t SET locked_by = $1, locked_on = now() FROM p"                          \
@@ -363,15 +371,19 @@ open_conn(pg_store_t *s)
      * and the stream drops the copies. */
     {
         /* jit off: the per-key claim's estimate passes jit_above_cost on
-         * a large table, and compiling took 25 ms of a 4 ms claim. Bitmap
-         * scans off for the per-key claim: without statistics (a bulk
-         * load before autovacuum's ANALYZE) the planner picked a bitmap
-         * scan and a sort of every pending row for its window. */
+         * a large table, and compiling took 25 ms of a 4 ms claim. For the
+         * per-key claim, only index scans and nested loops: without
+         * statistics (a bulk load before autovacuum's ANALYZE) the planner
+         * picked a bitmap scan and a sort of every pending row for its
+         * window, and a hash join would read the whole table; every
+         * statement of such a session reads a few rows by index. */
         snprintf(buf, sizeof(buf),
                  "SET statement_timeout = %d; SET idle_in_transaction_session_timeout = %d; "
                  "SET synchronous_commit = off; SET jit = off%s",
                  s->statement_timeout_ms, s->idle_tx_timeout_ms,
-                 s->per_key_order ? "; SET enable_bitmapscan = off" : "");
+                 s->per_key_order ? "; SET enable_bitmapscan = off; SET enable_hashjoin = off; "
+                                    "SET enable_mergejoin = off"
+                                  : "");
         res = PQexec(s->conn, buf);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             rc = failed(s, "set statement_timeout", res);
