@@ -466,6 +466,13 @@ test_row_text_is_printed_escaped(void **state)
     pool_write_conf(&c, 1, NULL);
     pool_start(&c);
     wait_count(&c, pg, 2, 30000, "SELECT count(*) FROM outbox WHERE state = 2");
+    {
+        /* the line is written after the mark commits */
+        int64_t deadline = th_now_ms() + 15000;
+
+        while (!pool_log_has(&c, "parked as dead") && th_now_ms() < deadline)
+            th_sleep_ms(50);
+    }
     assert_true(pool_log_has(&c, "parked as dead"));
     assert_true(pool_log_has(&c, ".t\\x1b[2J\\nfake log line"));
     assert_false(pool_log_has(&c, "\x1b"));
