@@ -215,11 +215,11 @@ report_missed(PGconn *conn, const char *qtable, const char *action, const outbox
             res = NULL;
         }
     }
-    fprintf(err, "outboxd: dead %s: %d of %d given id%s not %s:", action, nmissed, ngiven,
-            ngiven == 1 ? "" : "s",
-            strcmp(action, "show") == 0    ? "shown"
-            : strcmp(action, "purge") == 0 ? "purged"
-                                           : "requeued");
+    outbox_fprintf_safe(err, "outboxd: dead %s: %d of %d given id%s not %s:", action, nmissed,
+                        ngiven, ngiven == 1 ? "" : "s",
+                        strcmp(action, "show") == 0    ? "shown"
+                        : strcmp(action, "purge") == 0 ? "purged"
+                                                       : "requeued");
     for (i = 0; i < nmissed && i < MISSED_NAMED; i++) {
         const char *why = res != NULL ? "no such record" : "not a dead record";
 
@@ -228,11 +228,11 @@ report_missed(PGconn *conn, const char *qtable, const char *action, const outbox
                 continue;
             why = state_why[atoi(PQgetvalue(res, j, 1)) % 3]; /* state IN (0, 1, 2) */
         }
-        fprintf(err, "%s %s (%s)", i > 0 ? "," : "", missed[i], why);
+        outbox_fprintf_safe(err, "%s %s (%s)", i > 0 ? "," : "", missed[i], why);
     }
     if (nmissed > MISSED_NAMED)
-        fprintf(err, " and %d more", nmissed - MISSED_NAMED);
-    fputc('\n', err);
+        outbox_fprintf_safe(err, " and %d more", nmissed - MISSED_NAMED);
+    outbox_fprintf_safe(err, "\n");
     PQclear(res);
     free(sql);
     free(ids);
@@ -376,39 +376,43 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
     } else if (strcmp(action, "purge") == 0) {
         tmpl = sql_purge, nparams = NFILTER + 1;
     } else {
-        fprintf(err, "outboxd: dead: unknown action \"%s\" (list, show, requeue, purge)\n", action);
+        outbox_fprintf_safe(
+            err, "outboxd: dead: unknown action \"%s\" (list, show, requeue, purge)\n", action);
         return 2;
     }
     if ((q->topic != NULL && q->topic[0] == '\0') || (q->error != NULL && q->error[0] == '\0')) {
-        fprintf(err,
-                "outboxd: dead %s: an empty --%s would match every record: give a text, or "
-                "--all\n",
-                action, q->topic != NULL && q->topic[0] == '\0' ? "topic" : "error");
+        outbox_fprintf_safe(
+            err,
+            "outboxd: dead %s: an empty --%s would match every record: give a text, or "
+            "--all\n",
+            action, q->topic != NULL && q->topic[0] == '\0' ? "topic" : "error");
         return 2;
     }
     if (show && q->nids == 0) {
-        fprintf(err, "outboxd: dead show needs a record id\n");
+        outbox_fprintf_safe(err, "outboxd: dead show needs a record id\n");
         return 2;
     }
     if (q->all && has_filter(q)) {
-        fprintf(err,
-                "outboxd: dead %s: --all acts on every dead record: give it alone, or ids or "
-                "filters without it\n",
-                action);
+        outbox_fprintf_safe(
+            err,
+            "outboxd: dead %s: --all acts on every dead record: give it alone, or ids or "
+            "filters without it\n",
+            action);
         return 2;
     }
     if (!list && !show && !has_filter(q) && !q->all) {
-        fprintf(err,
-                "outboxd: dead %s: name record ids or a filter (--topic, --error, "
-                "--older-than, --newer-than), or --all for every dead record\n",
-                action);
+        outbox_fprintf_safe(err,
+                            "outboxd: dead %s: name record ids or a filter (--topic, --error, "
+                            "--older-than, --newer-than), or --all for every dead record\n",
+                            action);
         return 2;
     }
     if (q->nids > 0) {
         for (i = 0; i < q->nids; i++) {
             if (!uuid_text(q->ids[i])) {
-                fprintf(err, "outboxd: dead %s: \"%.60s\" is not a record id (a uuid)\n", action,
-                        q->ids[i]);
+                outbox_fprintf_safe(err,
+                                    "outboxd: dead %s: \"%.60s\" is not a record id (a uuid)\n",
+                                    action, q->ids[i]);
                 return 2;
             }
         }
@@ -418,10 +422,11 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
     }
     if (q->topic != NULL) {
         if (!outbox_dead_topic_regex(q->topic, regex, sizeof(regex))) {
-            fprintf(err,
-                    "outboxd: dead %s: --topic \"%.100s\" is not a subject pattern (tokens "
-                    "separated by '.', '*' for one token, '>' last for the rest)\n",
-                    action, q->topic);
+            outbox_fprintf_safe(
+                err,
+                "outboxd: dead %s: --topic \"%.100s\" is not a subject pattern (tokens "
+                "separated by '.', '*' for one token, '>' last for the rest)\n",
+                action, q->topic);
             code = 2;
             goto done;
         }
@@ -441,7 +446,7 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
     values[5] = list || q->limit > 0 ? limit : NULL;
 
     if (outbox_pg_names_init(&names, q->schema, q->table, msg, sizeof(msg)) != OUTBOX_OK) {
-        fprintf(err, "outboxd: dead: %s\n", msg);
+        outbox_fprintf_safe(err, "outboxd: dead: %s\n", msg);
         code = 2;
         goto done;
     }
@@ -449,14 +454,14 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
         goto nomem;
     values[6] = names.qtable;
     if (outbox_pg_connect(&conn, q->conninfo, msg, sizeof(msg)) != OUTBOX_OK) {
-        fprintf(err, "outboxd: dead: connecting to PostgreSQL failed: %s\n", msg);
+        outbox_fprintf_safe(err, "outboxd: dead: connecting to PostgreSQL failed: %s\n", msg);
         code = 1;
         goto done;
     }
     res = PQexecParams(conn, sql, nparams, NULL, values, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK) {
         outbox_pg_error(msg, sizeof(msg), "dead", conn, res);
-        fprintf(err, "outboxd: %s: %s\n", action, msg);
+        outbox_fprintf_safe(err, "outboxd: %s: %s\n", action, msg);
         code = outbox_pg_status(conn, res) == OUTBOX_ERR_SCHEMA ? 2 : 1;
         goto done;
     }
@@ -498,7 +503,7 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
     }
     goto done;
 nomem:
-    fprintf(err, "outboxd: dead: out of memory\n");
+    outbox_fprintf_safe(err, "outboxd: dead: out of memory\n");
     code = 1;
 done:
     PQclear(res);

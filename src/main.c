@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "dead_pg.h"
+#include "escape.h"
 #include "log.h"
 #include "outbox/broker.h"
 #include "outbox/outbox.h"
@@ -133,7 +134,7 @@ parse_cli(int argc, char **argv, cli_t *c)
         }
         if (a[0] != '-' || strcmp(a, "-") == 0) {
             if (c->nargs == MAX_ARGS) {
-                fprintf(stderr, "outboxd: too many arguments\n");
+                outbox_fprintf_safe(stderr, "outboxd: too many arguments\n");
                 return -1;
             }
             c->args[c->nargs++] = a;
@@ -160,7 +161,7 @@ parse_cli(int argc, char **argv, cli_t *c)
             *eq = '=';
         if (dst != NULL) {
             if (*dst != NULL) {
-                fprintf(stderr, "outboxd: %s given twice\n", a);
+                outbox_fprintf_safe(stderr, "outboxd: %s given twice\n", a);
                 return -1;
             }
             if ((eq = strchr(a, '=')) != NULL && a[1] == '-')
@@ -168,20 +169,20 @@ parse_cli(int argc, char **argv, cli_t *c)
             else if (i + 1 < argc)
                 *dst = argv[++i];
             else {
-                fprintf(stderr, "outboxd: %s needs a value\n", a);
+                outbox_fprintf_safe(stderr, "outboxd: %s needs a value\n", a);
                 return -1;
             }
             continue;
         }
         if (a[1] != '-') {
-            fprintf(stderr, "outboxd: unknown option %s (see --help)\n", a);
+            outbox_fprintf_safe(stderr, "outboxd: unknown option %s (see --help)\n", a);
             return -1;
         }
         if ((eq = strchr(a, '=')) != NULL)
             *eq = '\0';
         key = outbox_config_flag_key(a + 2);
         if (key == NULL) {
-            fprintf(stderr, "outboxd: unknown option %s (see --help)\n", a);
+            outbox_fprintf_safe(stderr, "outboxd: unknown option %s (see --help)\n", a);
             return -1;
         }
         if (eq != NULL)
@@ -189,16 +190,16 @@ parse_cli(int argc, char **argv, cli_t *c)
         else if (i + 1 < argc)
             val = argv[++i];
         else {
-            fprintf(stderr, "outboxd: %s needs a value\n", a);
+            outbox_fprintf_safe(stderr, "outboxd: %s needs a value\n", a);
             return -1;
         }
         if (c->nset == MAX_SETS) {
-            fprintf(stderr, "outboxd: too many options\n");
+            outbox_fprintf_safe(stderr, "outboxd: too many options\n");
             return -1;
         }
         for (k = 0; k < c->nset; k++)
             if (strcmp(c->set_keys[k], key) == 0) {
-                fprintf(stderr, "outboxd: %s given twice\n", a);
+                outbox_fprintf_safe(stderr, "outboxd: %s given twice\n", a);
                 return -1;
             }
         c->set_keys[c->nset] = (char *)key;
@@ -214,7 +215,7 @@ load(const cli_t *c, outbox_config_t *cfg)
 
     if (outbox_config_load(cfg, c->config_file, c->set_keys, c->set_values, c->nset, err,
                            sizeof(err)) != OUTBOX_OK) {
-        fprintf(stderr, "outboxd: configuration error: %s\n", err);
+        outbox_fprintf_safe(stderr, "outboxd: configuration error: %s\n", err);
         return -1;
     }
     return 0;
@@ -258,10 +259,11 @@ derive_instance(const cli_t *c, const outbox_config_t *cfg, char *buf, size_t le
             break;
     }
     if (n == 0 || i < n || n >= len || n >= OUTBOX_STATS_NAME_MAX) {
-        fprintf(stderr,
-                "outboxd: cannot name the instance after the configuration file \"%s\" (1 to "
-                "%d of A-Z a-z 0-9 . _ -): set instance = NAME in it\n",
-                base, OUTBOX_STATS_NAME_MAX - 1);
+        outbox_fprintf_safe(
+            stderr,
+            "outboxd: cannot name the instance after the configuration file \"%s\" (1 to "
+            "%d of A-Z a-z 0-9 . _ -): set instance = NAME in it\n",
+            base, OUTBOX_STATS_NAME_MAX - 1);
         return -1;
     }
     snprintf(buf, len, "%.*s", (int)n, base);
@@ -276,11 +278,11 @@ cmd_run(const cli_t *c, outbox_config_t *cfg)
     ssize_t n;
 
     if (c->nargs != 1) {
-        fprintf(stderr, "outboxd: run takes no arguments\n");
+        outbox_fprintf_safe(stderr, "outboxd: run takes no arguments\n");
         return EXIT_USAGE;
     }
     if (outbox_log_open((int)cfg->log_level, cfg->log_file, "outboxd") != 0) {
-        fprintf(stderr, "outboxd: log_file %s: %s\n", cfg->log_file, strerror(errno));
+        outbox_fprintf_safe(stderr, "outboxd: log_file %s: %s\n", cfg->log_file, strerror(errno));
         return EXIT_USAGE;
     }
     if (cfg->machine_id[0] == '\0') {
@@ -293,7 +295,8 @@ cmd_run(const cli_t *c, outbox_config_t *cfg)
     /* The path, not the inode: after an upgrade, workers exec the new binary. */
     n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     if (n <= 0) {
-        fprintf(stderr, "outboxd: cannot resolve /proc/self/exe: %s\n", strerror(errno));
+        outbox_fprintf_safe(stderr, "outboxd: cannot resolve /proc/self/exe: %s\n",
+                            strerror(errno));
         return 1;
     }
     exe[n] = '\0';
@@ -350,13 +353,14 @@ cmd_worker(int argc, char **argv)
     if (i != argc || role == NULL || instance == NULL || lock_id == NULL || slot < 0 ||
         slot >= OUTBOX_STATS_SLOTS || cfd < 0 ||
         (strcmp(role, "relay") != 0 && strcmp(role, "keeper") != 0)) {
-        fprintf(stderr, "outboxd: \"worker\" is started by \"outboxd run\" only\n");
+        outbox_fprintf_safe(stderr, "outboxd: \"worker\" is started by \"outboxd run\" only\n");
         return EXIT_USAGE;
     }
     if (fstat((int)cfd, &st) != 0 || st.st_size <= 0 || st.st_size > 1 << 20 ||
         (buf = malloc((size_t)st.st_size)) == NULL ||
         pread((int)cfd, buf, (size_t)st.st_size, 0) != st.st_size) {
-        fprintf(stderr, "outboxd worker: cannot read the configuration from fd %ld\n", cfd);
+        outbox_fprintf_safe(stderr, "outboxd worker: cannot read the configuration from fd %ld\n",
+                            cfd);
         free(buf);
         return EXIT_USAGE;
     }
@@ -364,11 +368,11 @@ cmd_worker(int argc, char **argv)
     code = outbox_config_deserialize(&cfg, buf, (size_t)st.st_size, err, sizeof(err));
     free(buf);
     if (code != OUTBOX_OK) {
-        fprintf(stderr, "outboxd worker: %s\n", err);
+        outbox_fprintf_safe(stderr, "outboxd worker: %s\n", err);
         return EXIT_USAGE;
     }
     if (outbox_log_open((int)cfg.log_level, cfg.log_file, "outboxd") != 0)
-        fprintf(stderr, "outboxd: log_file %s: %s\n", cfg.log_file, strerror(errno));
+        outbox_fprintf_safe(stderr, "outboxd: log_file %s: %s\n", cfg.log_file, strerror(errno));
     if (outbox_stats_attach(&r, instance, err, sizeof(err)) != 0) {
         log_error("%s %s refusing to start: %s", role, lock_id, err);
         outbox_config_free(&cfg);
@@ -404,7 +408,7 @@ cmd_migrate(const cli_t *c, outbox_config_t *cfg)
     int from = 0, to = 0, rc, v;
 
     if (c->nargs != 1) {
-        fprintf(stderr, "outboxd: migrate takes no arguments\n");
+        outbox_fprintf_safe(stderr, "outboxd: migrate takes no arguments\n");
         return EXIT_USAGE;
     }
     if (c->print) {
@@ -412,7 +416,7 @@ cmd_migrate(const cli_t *c, outbox_config_t *cfg)
             char *sql = NULL;
 
             if (outbox_pg_migration_sql(cfg->schema, cfg->table, v, &sql) != OUTBOX_OK) {
-                fprintf(stderr, "outboxd: cannot build migration %d\n", v);
+                outbox_fprintf_safe(stderr, "outboxd: cannot build migration %d\n", v);
                 return 1;
             }
             printf("-- outbox migration %d\n%s\n", v, sql);
@@ -422,7 +426,7 @@ cmd_migrate(const cli_t *c, outbox_config_t *cfg)
     }
     rc = outbox_pg_migrate(&o, &from, &to, err, sizeof(err));
     if (rc != OUTBOX_OK) {
-        fprintf(stderr, "outboxd: migrate failed: %s\n", err);
+        outbox_fprintf_safe(stderr, "outboxd: migrate failed: %s\n", err);
         return rc == OUTBOX_ERR_CONFIG ? EXIT_USAGE : 1;
     }
     if (from == to)
@@ -450,10 +454,11 @@ cmd_stream(const cli_t *c, outbox_config_t *cfg)
 
         if (c->dupwin != NULL &&
             (outbox_parse_duration(c->dupwin, false, &dup_ms) != 0 || dup_ms < 1000)) {
-            fprintf(stderr,
-                    "outboxd: --duplicate-window: \"%s\" is not a duration of 1s or more (leave "
-                    "it out for the server's default of 2m)\n",
-                    c->dupwin);
+            outbox_fprintf_safe(
+                stderr,
+                "outboxd: --duplicate-window: \"%s\" is not a duration of 1s or more (leave "
+                "it out for the server's default of 2m)\n",
+                c->dupwin);
             return EXIT_USAGE;
         }
         rc = update
@@ -465,13 +470,14 @@ cmd_stream(const cli_t *c, outbox_config_t *cfg)
     } else if (c->nargs == 3 && strcmp(c->args[1], "info") == 0) {
         rc = outbox_nats_stream_info(&o, c->args[2], c->json != 0, stdout, err, sizeof(err));
     } else {
-        fprintf(stderr, "usage: outboxd stream add NAME SUBJECTS [--duplicate-window D]\n"
-                        "       outboxd stream update NAME SUBJECTS [--duplicate-window D]\n"
-                        "       outboxd stream info NAME [--json]\n");
+        outbox_fprintf_safe(stderr,
+                            "usage: outboxd stream add NAME SUBJECTS [--duplicate-window D]\n"
+                            "       outboxd stream update NAME SUBJECTS [--duplicate-window D]\n"
+                            "       outboxd stream info NAME [--json]\n");
         return EXIT_USAGE;
     }
     if (rc != OUTBOX_OK) {
-        fprintf(stderr, "outboxd: stream %s: %s\n", c->args[1], err);
+        outbox_fprintf_safe(stderr, "outboxd: stream %s: %s\n", c->args[1], err);
         return rc == OUTBOX_ERR_CONFIG || rc == OUTBOX_ERR_INVALID ? EXIT_USAGE : 1;
     }
     return 0;
@@ -485,7 +491,7 @@ cmd_config(const cli_t *c, outbox_config_t *cfg)
     char instance[OUTBOX_STATS_NAME_MAX], host[256];
 
     if (c->nargs != 1) {
-        fprintf(stderr, "outboxd: config takes no arguments\n");
+        outbox_fprintf_safe(stderr, "outboxd: config takes no arguments\n");
         return EXIT_USAGE;
     }
     if (derive_instance(c, cfg, instance, sizeof(instance)) != 0)
@@ -498,7 +504,7 @@ cmd_config(const cli_t *c, outbox_config_t *cfg)
     free(cfg->instance);
     cfg->instance = strdup(instance);
     if (cfg->instance == NULL || cfg->machine_id == NULL) {
-        fprintf(stderr, "outboxd: out of memory\n");
+        outbox_fprintf_safe(stderr, "outboxd: out of memory\n");
         return 1;
     }
     outbox_config_dump(cfg, stdout);
@@ -514,9 +520,10 @@ cmd_dead(const cli_t *c, outbox_config_t *cfg)
 
     memset(&q, 0, sizeof(q));
     if (c->nargs < 2) {
-        fprintf(stderr, "usage: outboxd dead list|show|requeue|purge [ID...] [--topic PATTERN] "
-                        "[--error TEXT] [--older-than D] [--newer-than D] [--limit N] [--all] "
-                        "[--json]\n");
+        outbox_fprintf_safe(stderr,
+                            "usage: outboxd dead list|show|requeue|purge [ID...] [--topic PATTERN] "
+                            "[--error TEXT] [--older-than D] [--newer-than D] [--limit N] [--all] "
+                            "[--json]\n");
         return EXIT_USAGE;
     }
     q.conninfo = cfg->db;
@@ -529,16 +536,18 @@ cmd_dead(const cli_t *c, outbox_config_t *cfg)
     q.older_than_ms = q.newer_than_ms = -1;
     if ((c->older != NULL && outbox_parse_duration(c->older, false, &q.older_than_ms) != 0) ||
         (c->newer != NULL && outbox_parse_duration(c->newer, false, &q.newer_than_ms) != 0)) {
-        fprintf(stderr, "outboxd: dead: --%s \"%s\" is not a duration (e.g. 30m, 2h, 7d)\n",
-                c->older != NULL && q.older_than_ms < 0 ? "older-than" : "newer-than",
-                c->older != NULL && q.older_than_ms < 0 ? c->older : c->newer);
+        outbox_fprintf_safe(stderr,
+                            "outboxd: dead: --%s \"%s\" is not a duration (e.g. 30m, 2h, 7d)\n",
+                            c->older != NULL && q.older_than_ms < 0 ? "older-than" : "newer-than",
+                            c->older != NULL && q.older_than_ms < 0 ? c->older : c->newer);
         return EXIT_USAGE;
     }
     if (c->limit != NULL) {
         q.limit = strtoll(c->limit, &end, 10);
         if (*c->limit == '\0' || *end != '\0' || q.limit < 1 || q.limit > 1000000) {
-            fprintf(stderr, "outboxd: dead: --limit \"%s\" is not a number from 1 to 1000000\n",
-                    c->limit);
+            outbox_fprintf_safe(stderr,
+                                "outboxd: dead: --limit \"%s\" is not a number from 1 to 1000000\n",
+                                c->limit);
             return EXIT_USAGE;
         }
     }
@@ -575,7 +584,7 @@ main(int argc, char **argv)
     } else if (strcmp(c.args[0], "config") == 0) {
         code = cmd_config(&c, &cfg);
     } else {
-        fprintf(stderr, "outboxd: unknown command \"%s\" (see --help)\n", c.args[0]);
+        outbox_fprintf_safe(stderr, "outboxd: unknown command \"%s\" (see --help)\n", c.args[0]);
         code = EXIT_USAGE;
     }
     outbox_config_free(&cfg);

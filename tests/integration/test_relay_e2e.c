@@ -548,6 +548,8 @@ test_bad_config_exits_2_before_connecting(void **state)
         {"--per-key-order", "maybe", "per_key_order"},
         {"--linger", "-5ms", "linger"},
         {"--linger", "2s", "linger"}, /* not shorter than process_interval */
+        /* a value quoted back is escaped: no terminal sequence reaches stderr */
+        {"--batch-size", "5\x1b[2J", "\"5\\x1b[2J\" is not a whole number"},
     };
     char bin[512], log[256], line[1024];
     char *bogus[] = {bin, "bogus", NULL};
@@ -573,8 +575,11 @@ test_bad_config_exits_2_before_connecting(void **state)
             fail_msg("%s %s: exit %d, expected 2", cases[i][0], cases[i][1], WEXITSTATUS(st));
         f = fopen(log, "r");
         assert_non_null(f);
-        while (fgets(line, sizeof(line), f) != NULL)
+        while (fgets(line, sizeof(line), f) != NULL) {
             named |= strstr(line, cases[i][2]) != NULL;
+            if (strchr(line, '\x1b') != NULL)
+                fail_msg("%s %s: a raw ESC on stderr: %s", cases[i][0], cases[i][1], line);
+        }
         fclose(f);
         if (!named)
             fail_msg("%s %s: the error does not name %s", cases[i][0], cases[i][1], cases[i][2]);

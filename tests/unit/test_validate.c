@@ -322,6 +322,15 @@ test_escape(void **state)
         {"\xed\xa0\x80", 3, 0, "\\xed\\xa0\\x80"}, /* a surrogate */
         {"\xc0\xaf", 2, 0, "\\xc0\\xaf"},          /* an overlong '/' */
         {"\xe2\x82", 2, 0, "\\xe2\\x82"},          /* cut short */
+        {"a\xc2\x9b"
+         "2J",
+         5, 0, "a\\u009b2J"}, /* C1: the 8-bit CSI */
+        {"\xe2\x80\xae"
+         "rtl\xe2\x80\x8b",
+         9, 0, "\\u202ertl\\u200b"}, /* RTL override, ZWSP */
+        {"\xef\xbb\xbf"
+         "x\xc2\xa0",
+         6, 0, "\\ufeffx\xc2\xa0"}, /* BOM; NBSP is visible */
     };
     char out[64];
     size_t i;
