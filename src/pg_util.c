@@ -253,6 +253,22 @@ outbox_pg_connect_as(PGconn **out, const char *conninfo, const char *application
         PQfinish(c);
         return bad_option ? OUTBOX_ERR_CONFIG : OUTBOX_ERR_UNREACHABLE;
     }
+    /* Topics, keys and headers are UTF-8 text, as NATS wants them. A
+     * SQL_ASCII database stores any bytes; a row that is not UTF-8 would
+     * then fail every claim that reads it, stalling the relay. */
+    if (PQparameterStatus(c, "server_encoding") == NULL ||
+        strcmp(PQparameterStatus(c, "server_encoding"), "UTF8") != 0) {
+        snprintf(err, errlen,
+                 "database \"%s\" has encoding %s; outbox needs UTF8 (topics, keys and headers "
+                 "are UTF-8 text, as NATS subjects and headers are): create it with "
+                 "ENCODING 'UTF8'",
+                 PQdb(c),
+                 PQparameterStatus(c, "server_encoding") != NULL
+                     ? PQparameterStatus(c, "server_encoding")
+                     : "(unknown)");
+        PQfinish(c);
+        return OUTBOX_ERR_SCHEMA;
+    }
     PQsetNoticeProcessor(c, ignore_notice, NULL);
     *out = c;
     return OUTBOX_OK;

@@ -699,6 +699,56 @@ test_migrate_refuses_dropped_table(void **state)
     th_db_drop(&env, db);
 }
 
+/* A database whose encoding is not UTF8 (SQL_ASCII stores any bytes, and
+ * one row that is not UTF-8 would fail every claim that reads it) is
+ * refused by migrate and by the relay, naming the encoding. */
+static void
+test_non_utf8_database_refused(void **state)
+{
+    char db[512], bin[512], log[256], name[128], *out = NULL;
+    char *mig[] = {bin, "migrate", "--db", db, NULL};
+    char *run[] = {bin, "run", "--db", db, "--nats", env.nats_url, "--instance", name, NULL};
+    const char *p;
+    PGconn *admin;
+    int st;
+    (void)state;
+
+    th_db_create(&env, "e2e_ascii", db, sizeof(db));
+    p = strstr(db, "dbname=");
+    assert_non_null(p);
+    snprintf(name, sizeof(name), "%.*s", (int)strcspn(p + 7, " '"), p + 7);
+    admin = th_connect(env.pg_admin);
+    th_exec(admin, "DROP DATABASE \"%s\"", name);
+    th_exec(admin,
+            "CREATE DATABASE \"%s\" ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' "
+            "LC_CTYPE 'C'",
+            name);
+    PQfinish(admin);
+    th_bin(bin, sizeof(bin), "outboxd");
+    assert_int_equal(th_run(mig, &out, 30000), 1);
+    assert_non_null(strstr(out, "has encoding SQL_ASCII; outbox needs UTF8"));
+    free(out);
+    snprintf(log, sizeof(log), "/tmp/outbox-ascii-%d.log", (int)getpid());
+    unlink(log);
+    assert_int_equal(th_wait(th_spawn(run, log), 20000, &st), 1);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+    {
+        FILE *f = fopen(log, "r");
+        char line[1024];
+        int found = 0;
+
+        assert_non_null(f);
+        while (fgets(line, sizeof(line), f) != NULL)
+            found |= strstr(line, "outbox needs UTF8") != NULL;
+        fclose(f);
+        if (!found)
+            th_dump_file(log, "outboxd log");
+        assert_true(found);
+    }
+    unlink(log);
+    th_db_drop(&env, db);
+}
+
 int
 main(void)
 {
@@ -712,6 +762,7 @@ main(void)
         cmocka_unit_test(test_bad_config_exits_2_before_connecting),
         cmocka_unit_test(test_unmigrated_database_is_refused),
         cmocka_unit_test(test_migrate_refuses_dropped_table),
+        cmocka_unit_test(test_non_utf8_database_refused),
     };
 
     th_env_load(&env);
