@@ -37,6 +37,7 @@ typedef struct cli {
     const char *args[MAX_ARGS]; /* positional, args[0] = sub-command */
     int nargs;
     int print;          /* migrate --print */
+    int repair;         /* migrate --repair */
     int json;           /* stream info, dead --json */
     const char *dupwin; /* stream add --duplicate-window */
     /* dead: filters */
@@ -79,6 +80,9 @@ usage(FILE *out)
                  "workers\n"
                  "  migrate [--print]        install or upgrade the outbox schema (--print: show "
                  "the SQL only)\n"
+                 "  migrate --repair [--print]\n"
+                 "                           create again what was dropped or disabled by hand\n"
+                 "                           beside the table (the table and its rows are kept)\n"
                  "  stream add NAME SUBJECTS [--duplicate-window D]\n"
                  "                           create a JetStream stream (SUBJECTS comma-separated)\n"
                  "  stream update NAME SUBJECTS [--duplicate-window D]\n"
@@ -142,6 +146,10 @@ parse_cli(int argc, char **argv, cli_t *c)
         }
         if (strcmp(a, "--print") == 0) {
             c->print = 1;
+            continue;
+        }
+        if (strcmp(a, "--repair") == 0) {
+            c->repair = 1;
             continue;
         }
         if (strcmp(a, "--json") == 0) {
@@ -410,6 +418,27 @@ cmd_migrate(const cli_t *c, outbox_config_t *cfg)
     if (c->nargs != 1) {
         outbox_fprintf_safe(stderr, "outboxd: migrate takes no arguments\n");
         return EXIT_USAGE;
+    }
+    if (c->repair && c->print) {
+        char *sql = NULL;
+
+        if (outbox_pg_repair_sql(cfg->schema, cfg->table, &sql) != OUTBOX_OK) {
+            outbox_fprintf_safe(stderr, "outboxd: cannot build the repair script\n");
+            return 1;
+        }
+        printf("%s", sql);
+        free(sql);
+        return 0;
+    }
+    if (c->repair) {
+        rc = outbox_pg_repair(&o, err, sizeof(err));
+        if (rc != OUTBOX_OK) {
+            outbox_fprintf_safe(stderr, "outboxd: migrate --repair failed: %s\n", err);
+            return rc == OUTBOX_ERR_CONFIG ? EXIT_USAGE : 1;
+        }
+        printf("schema %s, table %s: repaired, at version %d\n", cfg->schema, cfg->table,
+               OUTBOX_SCHEMA_VERSION);
+        return 0;
     }
     if (c->print) {
         for (v = 1; v <= OUTBOX_SCHEMA_VERSION; v++) {

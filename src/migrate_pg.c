@@ -27,106 +27,122 @@
  * locked_on appear in no index, so the claim's UPDATE can be HOT, and the
  * fillfactor leaves each page the room a HOT update needs.
  */
-static const char migration1[] =
-    "CREATE FUNCTION @q:_invalid@(p_topic text, p_key text, p_headers jsonb)\n"
-    "RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE\n"
-    "SET search_path = pg_catalog, pg_temp AS $fn$\n"
-    "DECLARE\n"
-    "  tok text;\n"
-    "  h record;\n"
-    "  v text;\n"
-    "BEGIN\n"
-    "  IF p_topic IS NULL OR p_topic = '' THEN RETURN 'topic is empty'; END IF;\n"
-    "  IF octet_length(p_topic) > 1024 THEN RETURN 'topic is longer than 1024 bytes'; END IF;\n"
-    "  IF p_topic ~ E'[\\\\x01-\\\\x20\\\\x7f]' THEN\n"
-    "    RETURN format('topic %L contains a space or control character', p_topic);\n"
-    "  END IF;\n"
-    "  FOREACH tok IN ARRAY string_to_array(p_topic, '.') LOOP\n"
-    "    IF tok = '' THEN RETURN format('topic %L has an empty token', p_topic); END IF;\n"
-    "    IF tok IN ('*', '>') THEN RETURN format('topic %L has a wildcard token', p_topic); END "
-    "IF;\n"
-    "  END LOOP;\n"
-    "  IF p_key IS NOT NULL THEN\n"
-    "    IF octet_length(p_key) > 4096 THEN RETURN 'key is longer than 4096 bytes'; END IF;\n"
-    "    IF p_key ~ E'[\\\\r\\\\n]' THEN RETURN format('key %L contains CR or LF', p_key); END "
-    "IF;\n"
-    "    IF p_key ~ E'^[ \\\\t]|[ \\\\t]$' THEN\n"
-    "      RETURN format('key %L begins or ends with white space (NATS clients trim it)', p_key);\n"
-    "    END IF;\n"
-    "  END IF;\n"
-    "  IF p_headers IS NULL THEN RETURN 'headers are NULL'; END IF;\n"
-    "  IF jsonb_typeof(p_headers) <> 'object' THEN\n"
-    "    RETURN 'headers must be a JSON object of string values';\n"
-    "  END IF;\n"
-    "  FOR h IN SELECT key, value FROM jsonb_each(p_headers) LOOP\n"
-    "    IF h.key = '' THEN RETURN 'header name is empty'; END IF;\n"
-    "    IF octet_length(h.key) > 256 THEN RETURN 'header name is longer than 256 bytes'; END IF;\n"
-    "    IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN\n"
-    "      RETURN format('header name %L is not a token', h.key);\n"
-    "    END IF;\n"
-    "    IF lower(left(h.key, 7)) = 'outbox-' OR lower(left(h.key, 5)) = 'nats-' THEN\n"
-    "      RETURN format('header name %L is reserved (Outbox-*, Nats-*)', h.key);\n"
-    "    END IF;\n"
-    "    IF jsonb_typeof(h.value) <> 'string' THEN\n"
-    "      RETURN format('header %L value is not a string', h.key);\n"
-    "    END IF;\n"
-    "    v := h.value #>> '{}';\n"
-    "    IF octet_length(v) > 4096 THEN\n"
-    "      RETURN format('header %L value is longer than 4096 bytes', h.key);\n"
-    "    END IF;\n"
-    "    IF v ~ E'[\\\\r\\\\n]' THEN RETURN format('header %L value contains CR or LF', h.key); "
-    "END IF;\n"
-    "    IF v = '' THEN\n"
-    "      RETURN format('header %L value is empty (NATS readers would lose every header of the "
-    "message)', h.key);\n"
-    "    END IF;\n"
-    "    IF v ~ E'^[ \\\\t]|[ \\\\t]$' THEN\n"
-    "      RETURN format('header %L value begins or ends with white space (NATS clients trim "
-    "it)', h.key);\n"
-    "    END IF;\n"
-    "  END LOOP;\n"
-    "  RETURN NULL;\n"
-    "END $fn$;\n"
-    "\n"
-    "CREATE TABLE @table@ (\n"
-    "  id uuid PRIMARY KEY,\n"
-    "  seq bigint GENERATED ALWAYS AS IDENTITY,\n"
-    "  topic text NOT NULL,\n"
-    "  msg_key text,\n"
-    "  headers jsonb NOT NULL DEFAULT '{}',\n"
-    "  body bytea NOT NULL,\n"
-    "  state smallint NOT NULL DEFAULT 0 CHECK (state IN (0, 1, 2)),\n"
-    "  created_on timestamptz NOT NULL DEFAULT now(),\n"
-    "  locked_by text,\n"
-    "  locked_on timestamptz,\n"
-    "  processed_on timestamptz,\n"
-    "  attempts integer NOT NULL DEFAULT 0,\n"
-    "  last_attempt_on timestamptz,\n"
-    "  last_error text,\n"
-    "  next_attempt_at timestamptz NOT NULL DEFAULT now(),\n"
-    "  CONSTRAINT @n:_valid@ CHECK (@q:_invalid@(topic, msg_key, headers) IS NULL)\n"
-    ") WITH (fillfactor = 85);\n"
-    "CREATE INDEX @n:_pending@ ON @table@ (seq) WHERE state = 0;\n"
-    "CREATE INDEX @n:_done@ ON @table@ (state, processed_on) WHERE state <> 0;\n"
-    "\n"
-    "CREATE FUNCTION @q:_enqueue@(topic text, key text, headers jsonb, body bytea)\n"
-    "RETURNS uuid LANGUAGE plpgsql VOLATILE\n"
-    "SET search_path = pg_catalog, pg_temp AS $fn$\n"
-    "DECLARE\n"
-    "  new_id uuid := gen_random_uuid();\n"
-    "  problem text;\n"
-    "BEGIN\n"
-    "  IF $4 IS NULL THEN\n"
-    "    RAISE EXCEPTION 'outbox: body is NULL' USING ERRCODE = 'null_value_not_allowed';\n"
-    "  END IF;\n"
-    "  problem := @q:_invalid@($1, NULLIF($2, ''), coalesce($3, '{}'));\n"
-    "  IF problem IS NOT NULL THEN\n"
-    "    RAISE EXCEPTION 'outbox: %', problem USING ERRCODE = 'invalid_parameter_value';\n"
-    "  END IF;\n"
-    "  INSERT INTO @table@ (id, topic, msg_key, headers, body)\n"
-    "  VALUES (new_id, $1, NULLIF($2, ''), coalesce($3, '{}'), $4);\n"
-    "  RETURN new_id;\n"
-    "END $fn$;\n";
+/* Version 1's full check (<table>_invalid_why() since version 2). */
+#define FN_INVALID_FULL(verb, name)                                                                \
+    verb                                                                                           \
+        " " name "(p_topic text, p_key text, p_headers jsonb)\n"                                   \
+        "RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE\n"                                  \
+        "SET search_path = pg_catalog, pg_temp AS $fn$\n"                                          \
+        "DECLARE\n"                                                                                \
+        "  tok text;\n"                                                                            \
+        "  h record;\n"                                                                            \
+        "  v text;\n"                                                                              \
+        "BEGIN\n"                                                                                  \
+        "  IF p_topic IS NULL OR p_topic = '' THEN RETURN 'topic is empty'; END IF;\n"             \
+        "  IF octet_length(p_topic) > 1024 THEN RETURN 'topic is longer than 1024 bytes'; END "    \
+        "IF;\n"                                                                                    \
+        "  IF p_topic ~ E'[\\\\x01-\\\\x20\\\\x7f]' THEN\n"                                        \
+        "    RETURN format('topic %L contains a space or control character', p_topic);\n"          \
+        "  END IF;\n"                                                                              \
+        "  FOREACH tok IN ARRAY string_to_array(p_topic, '.') LOOP\n"                              \
+        "    IF tok = '' THEN RETURN format('topic %L has an empty token', p_topic); END IF;\n"    \
+        "    IF tok IN ('*', '>') THEN RETURN format('topic %L has a wildcard token', p_topic); "  \
+        "END "                                                                                     \
+        "IF;\n"                                                                                    \
+        "  END LOOP;\n"                                                                            \
+        "  IF p_key IS NOT NULL THEN\n"                                                            \
+        "    IF octet_length(p_key) > 4096 THEN RETURN 'key is longer than 4096 bytes'; END IF;\n" \
+        "    IF p_key ~ E'[\\\\r\\\\n]' THEN RETURN format('key %L contains CR or LF', p_key); "   \
+        "END "                                                                                     \
+        "IF;\n"                                                                                    \
+        "    IF p_key ~ E'^[ \\\\t]|[ \\\\t]$' THEN\n"                                             \
+        "      RETURN format('key %L begins or ends with white space (NATS clients trim it)', "    \
+        "p_key);\n"                                                                                \
+        "    END IF;\n"                                                                            \
+        "  END IF;\n"                                                                              \
+        "  IF p_headers IS NULL THEN RETURN 'headers are NULL'; END IF;\n"                         \
+        "  IF jsonb_typeof(p_headers) <> 'object' THEN\n"                                          \
+        "    RETURN 'headers must be a JSON object of string values';\n"                           \
+        "  END IF;\n"                                                                              \
+        "  FOR h IN SELECT key, value FROM jsonb_each(p_headers) LOOP\n"                           \
+        "    IF h.key = '' THEN RETURN 'header name is empty'; END IF;\n"                          \
+        "    IF octet_length(h.key) > 256 THEN RETURN 'header name is longer than 256 bytes'; "    \
+        "END IF;\n"                                                                                \
+        "    IF h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN\n"                                  \
+        "      RETURN format('header name %L is not a token', h.key);\n"                           \
+        "    END IF;\n"                                                                            \
+        "    IF lower(left(h.key, 7)) = 'outbox-' OR lower(left(h.key, 5)) = 'nats-' THEN\n"       \
+        "      RETURN format('header name %L is reserved (Outbox-*, Nats-*)', h.key);\n"           \
+        "    END IF;\n"                                                                            \
+        "    IF jsonb_typeof(h.value) <> 'string' THEN\n"                                          \
+        "      RETURN format('header %L value is not a string', h.key);\n"                         \
+        "    END IF;\n"                                                                            \
+        "    v := h.value #>> '{}';\n"                                                             \
+        "    IF octet_length(v) > 4096 THEN\n"                                                     \
+        "      RETURN format('header %L value is longer than 4096 bytes', h.key);\n"               \
+        "    END IF;\n"                                                                            \
+        "    IF v ~ E'[\\\\r\\\\n]' THEN RETURN format('header %L value contains CR or LF', "      \
+        "h.key); "                                                                                 \
+        "END IF;\n"                                                                                \
+        "    IF v = '' THEN\n"                                                                     \
+        "      RETURN format('header %L value is empty (NATS readers would lose every header of "  \
+        "the "                                                                                     \
+        "message)', h.key);\n"                                                                     \
+        "    END IF;\n"                                                                            \
+        "    IF v ~ E'^[ \\\\t]|[ \\\\t]$' THEN\n"                                                 \
+        "      RETURN format('header %L value begins or ends with white space (NATS clients trim " \
+        "it)', h.key);\n"                                                                          \
+        "    END IF;\n"                                                                            \
+        "  END LOOP;\n"                                                                            \
+        "  RETURN NULL;\n"                                                                         \
+        "END $fn$;\n"
+
+static const char migration1[] = FN_INVALID_FULL(
+    "CREATE FUNCTION",
+    "@q:_invalid@") "\n"
+                    "CREATE TABLE @table@ (\n"
+                    "  id uuid PRIMARY KEY,\n"
+                    "  seq bigint GENERATED ALWAYS AS IDENTITY,\n"
+                    "  topic text NOT NULL,\n"
+                    "  msg_key text,\n"
+                    "  headers jsonb NOT NULL DEFAULT '{}',\n"
+                    "  body bytea NOT NULL,\n"
+                    "  state smallint NOT NULL DEFAULT 0 CHECK (state IN (0, 1, 2)),\n"
+                    "  created_on timestamptz NOT NULL DEFAULT now(),\n"
+                    "  locked_by text,\n"
+                    "  locked_on timestamptz,\n"
+                    "  processed_on timestamptz,\n"
+                    "  attempts integer NOT NULL DEFAULT 0,\n"
+                    "  last_attempt_on timestamptz,\n"
+                    "  last_error text,\n"
+                    "  next_attempt_at timestamptz NOT NULL DEFAULT now(),\n"
+                    "  CONSTRAINT @n:_valid@ CHECK (@q:_invalid@(topic, msg_key, headers) IS "
+                    "NULL)\n"
+                    ") WITH (fillfactor = 85);\n"
+                    "CREATE INDEX @n:_pending@ ON @table@ (seq) WHERE state = 0;\n"
+                    "CREATE INDEX @n:_done@ ON @table@ (state, processed_on) WHERE state <> 0;\n"
+                    "\n"
+                    "CREATE FUNCTION @q:_enqueue@(topic text, key text, headers jsonb, body "
+                    "bytea)\n"
+                    "RETURNS uuid LANGUAGE plpgsql VOLATILE\n"
+                    "SET search_path = pg_catalog, pg_temp AS $fn$\n"
+                    "DECLARE\n"
+                    "  new_id uuid := gen_random_uuid();\n"
+                    "  problem text;\n"
+                    "BEGIN\n"
+                    "  IF $4 IS NULL THEN\n"
+                    "    RAISE EXCEPTION 'outbox: body is NULL' USING ERRCODE = "
+                    "'null_value_not_allowed';\n"
+                    "  END IF;\n"
+                    "  problem := @q:_invalid@($1, NULLIF($2, ''), coalesce($3, '{}'));\n"
+                    "  IF problem IS NOT NULL THEN\n"
+                    "    RAISE EXCEPTION 'outbox: %', problem USING ERRCODE = "
+                    "'invalid_parameter_value';\n"
+                    "  END IF;\n"
+                    "  INSERT INTO @table@ (id, topic, msg_key, headers, body)\n"
+                    "  VALUES (new_id, $1, NULLIF($2, ''), coalesce($3, '{}'), $4);\n"
+                    "  RETURN new_id;\n"
+                    "END $fn$;\n";
 
 /*
  * Version 2: delivery semantics and the producer path.
@@ -172,100 +188,129 @@ static const char migration1[] =
       "      AND jsonb_typeof(x.value) = 'string' AND octet_length(x.value #>> '{}') <= 4096\n"    \
       "      AND (x.value #>> '{}') ~ E'^[^ \\t\\r\\n]([^\\r\\n]*[^ \\t\\r\\n])?$'))))"
 
-static const char migration2[] =
-    "ALTER FUNCTION @q:_invalid@(text, text, jsonb) RENAME TO @n:_invalid_why@;\n"
-    "CREATE FUNCTION @q:_escaped@(s text)\n"
-    "RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE\n"
-    "SET search_path = pg_catalog, pg_temp AS $fn$\n"
-    "DECLARE\n"
-    "  c text;\n"
-    "BEGIN\n"
-    "  FOR c IN SELECT DISTINCT m[1] FROM regexp_matches(s, E'[\\\\x01-\\\\x1f\\\\x7f]', 'g') m "
-    "LOOP\n"
-    "    s := replace(s, c, CASE c WHEN E'\\n' THEN E'\\\\n' WHEN E'\\r' THEN E'\\\\r'\n"
-    "      WHEN E'\\t' THEN E'\\\\t' ELSE E'\\\\x' || lpad(to_hex(ascii(c)), 2, '0') END);\n"
-    "  END LOOP;\n"
-    "  RETURN s;\n"
+/* The objects of version 2 that are not the table, as statements that
+ * create them: verb is "CREATE" in the migration, "CREATE OR REPLACE" (or
+ * IF NOT EXISTS) in the repair script, which restores them as they are. */
+#define FN_ESCAPED(verb)                                                                           \
+    verb " FUNCTION @q:_escaped@(s text)\n"                                                        \
+         "RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE\n"                                 \
+         "SET search_path = pg_catalog, pg_temp AS $fn$\n"                                         \
+         "DECLARE\n"                                                                               \
+         "  c text;\n"                                                                             \
+         "BEGIN\n"                                                                                 \
+         "  FOR c IN SELECT DISTINCT m[1] FROM regexp_matches(s, E'[\\\\x01-\\\\x1f\\\\x7f]', "    \
+         "'g') m LOOP\n"                                                                           \
+         "    s := replace(s, c, CASE c WHEN E'\\n' THEN E'\\\\n' WHEN E'\\r' THEN E'\\\\r'\n"     \
+         "      WHEN E'\\t' THEN E'\\\\t' ELSE E'\\\\x' || lpad(to_hex(ascii(c)), 2, '0') END);\n" \
+         "  END LOOP;\n"                                                                           \
+         "  RETURN s;\n"                                                                           \
+         "END $fn$;\n"
+#define FN_INVALID(verb)                                                                           \
+    verb " FUNCTION @q:_invalid@(p_topic text, p_key text, p_headers jsonb)\n"                     \
+         "RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE\n"                                 \
+         "SET search_path = pg_catalog, pg_temp AS $fn$\n"                                         \
+         "BEGIN\n"                                                                                 \
+         "  IF " FAST_VALID(                                                                       \
+             "p_topic", "p_key",                                                                   \
+             "p_headers") "\n"                                                                     \
+                          "  THEN\n"                                                               \
+                          "    RETURN NULL;\n"                                                     \
+                          "  END IF;\n"                                                            \
+                          "  RETURN @q:_escaped@(@q:_invalid_why@(p_topic, p_key, p_headers));\n"  \
+                          "END $fn$;\n"
+#define KEY_INDEX(verb)                                                                            \
+    verb " @n:_key_pending@ ON @table@ (msg_key, seq)\n"                                           \
+         "  WHERE state = 0 AND msg_key IS NOT NULL;\n"
+#define LISTENERS(verb)                                                                            \
+    verb " @q:_listeners@ (\n"                                                                     \
+         "  lock_id text PRIMARY KEY,\n"                                                           \
+         "  backend_pid integer NOT NULL DEFAULT pg_backend_pid(),\n"                              \
+         "  since timestamptz NOT NULL DEFAULT now()\n"                                            \
+         ");\n"
+#define IDLE_SEQUENCE(verb) verb " @q:_idle@ MINVALUE 0 START 0 NO CYCLE;\n"
+#define FN_GUARD(verb)                                                                             \
+    verb " FUNCTION @q:_guard@() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER\n"              \
+         "SET search_path = pg_catalog, pg_temp AS $fn$\n"                                         \
+         "DECLARE\n"                                                                               \
+         "  problem text;\n"                                                                       \
+         "BEGIN\n"                                                                                 \
+         "  NEW.msg_key := NULLIF(NEW.msg_key, ''); /* '' is no key, for ordering too */\n"        \
+         "  IF TG_OP = 'INSERT' OR NEW.topic IS DISTINCT FROM OLD.topic\n"                         \
+         "     OR NEW.msg_key IS DISTINCT FROM OLD.msg_key OR NEW.headers IS DISTINCT FROM "       \
+         "OLD.headers\n"                                                                           \
+         "  THEN\n"                                                                                \
+         "    IF " FAST_VALID("NEW.topic", "NEW.msg_key",                                          \
+                              "NEW.headers") " THEN\n"                                             \
+                                             "      problem := NULL;\n"                            \
+                                             "    ELSIF left(NEW.topic, 1) = '$' THEN\n"           \
+                                             "      problem := format('topic %L begins with $ "    \
+                                             "(reserved for NATS system and "                      \
+                                             "JetStream '\n"                                       \
+                                             "        'API subjects)', NEW.topic);\n"              \
+                                             "    ELSE\n"                                          \
+                                             "      problem := @q:_invalid_why@(NEW.topic, "       \
+                                             "NEW.msg_key, NEW.headers);\n"                        \
+                                             "    END IF;\n"                                       \
+                                             "    IF problem IS NOT NULL THEN\n"                   \
+                                             "      RAISE EXCEPTION 'outbox: %', "                 \
+                                             "@q:_escaped@(problem) USING ERRCODE = "              \
+                                             "'check_violation';\n"                                \
+                                             "    END IF;\n"                                       \
+                                             "  END IF;\n"                                         \
+                                             "  IF TG_OP = 'INSERT' AND "                          \
+                                             "pg_sequence_last_value('@q:_idle@') > 0 THEN\n"      \
+                                             "    PERFORM pg_notify('@channel@', '');\n"           \
+                                             "  END IF;\n"                                         \
+                                             "  RETURN NEW;\n"                                     \
+                                             "END $fn$;\n"
+#define GUARD_TRIGGER                                                                              \
+    "CREATE TRIGGER @n:_guard@ BEFORE INSERT OR UPDATE OF topic, msg_key, headers ON @table@\n"    \
+    "  FOR EACH ROW EXECUTE FUNCTION @q:_guard@();\n"
+#define FN_ENQUEUE                                                                                 \
+    "CREATE OR REPLACE FUNCTION @q:_enqueue@(topic text, key text, headers jsonb, body bytea)\n"   \
+    "RETURNS uuid LANGUAGE plpgsql VOLATILE\n"                                                     \
+    "SET search_path = pg_catalog, pg_temp AS $fn$\n"                                              \
+    "DECLARE\n"                                                                                    \
+    "  new_id uuid := gen_random_uuid();\n"                                                        \
+    "BEGIN\n"                                                                                      \
+    "  IF $4 IS NULL THEN\n"                                                                       \
+    "    RAISE EXCEPTION 'outbox: body is NULL' USING ERRCODE = 'null_value_not_allowed';\n"       \
+    "  END IF;\n"                                                                                  \
+    "  INSERT INTO @table@ (id, topic, msg_key, headers, body)\n"                                  \
+    "  VALUES (new_id, $1, NULLIF($2, ''), coalesce($3, '{}'), $4);\n"                             \
+    "  RETURN new_id;\n"                                                                           \
     "END $fn$;\n"
-    "CREATE FUNCTION @q:_invalid@(p_topic text, p_key text, p_headers jsonb)\n"
-    "RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE\n"
-    "SET search_path = pg_catalog, pg_temp AS $fn$\n"
-    "BEGIN\n"
-    "  IF " FAST_VALID(
-        "p_topic", "p_key",
-        "p_headers") "\n"
-                     "  THEN\n"
-                     "    RETURN NULL;\n"
-                     "  END IF;\n"
-                     "  RETURN @q:_escaped@(@q:_invalid_why@(p_topic, p_key, p_headers));\n"
-                     "END $fn$;\n"
-                     "ALTER TABLE @table@ ADD COLUMN crashes integer NOT NULL DEFAULT 0,\n"
-                     "  ALTER COLUMN id SET DEFAULT gen_random_uuid(),\n"
-                     "  ALTER COLUMN seq SET GENERATED BY DEFAULT;\n"
-                     "CREATE INDEX @n:_key_pending@ ON @table@ (msg_key, seq)\n"
-                     "  WHERE state = 0 AND msg_key IS NOT NULL;\n"
-                     "CREATE UNLOGGED TABLE @q:_listeners@ (\n"
-                     "  lock_id text PRIMARY KEY,\n"
-                     "  backend_pid integer NOT NULL DEFAULT pg_backend_pid(),\n"
-                     "  since timestamptz NOT NULL DEFAULT now()\n"
-                     ");\n"
-                     "CREATE SEQUENCE @q:_idle@ MINVALUE 0 START 0 NO CYCLE;\n"
-                     "CREATE FUNCTION @q:_guard@() RETURNS trigger LANGUAGE plpgsql SECURITY "
-                     "DEFINER\n"
-                     "SET search_path = pg_catalog, pg_temp AS $fn$\n"
-                     "DECLARE\n"
-                     "  problem text;\n"
-                     "BEGIN\n"
-                     "  NEW.msg_key := NULLIF(NEW.msg_key, ''); /* '' is no key, for ordering too "
-                     "*/\n"
-                     "  IF TG_OP = 'INSERT' OR NEW.topic IS DISTINCT FROM OLD.topic\n"
-                     "     OR NEW.msg_key IS DISTINCT FROM OLD.msg_key OR NEW.headers IS DISTINCT "
-                     "FROM OLD.headers\n"
-                     "  THEN\n"
-                     "    IF " FAST_VALID(
-                         "NEW.topic", "NEW.msg_key",
-                         "NEW.headers") " THEN\n"
-                                        "      problem := NULL;\n"
-                                        "    ELSIF left(NEW.topic, 1) = '$' THEN\n"
-                                        "      problem := format('topic %L begins with $ (reserved "
-                                        "for NATS system and JetStream '\n"
-                                        "        'API subjects)', NEW.topic);\n"
-                                        "    ELSE\n"
-                                        "      problem := @q:_invalid_why@(NEW.topic, NEW.msg_key, "
-                                        "NEW.headers);\n"
-                                        "    END IF;\n"
-                                        "    IF problem IS NOT NULL THEN\n"
-                                        "      RAISE EXCEPTION 'outbox: %', @q:_escaped@(problem) "
-                                        "USING ERRCODE = 'check_violation';\n"
-                                        "    END IF;\n"
-                                        "  END IF;\n"
-                                        "  IF TG_OP = 'INSERT' AND "
-                                        "pg_sequence_last_value('@q:_idle@') > 0 THEN\n"
-                                        "    PERFORM pg_notify('@channel@', '');\n"
-                                        "  END IF;\n"
-                                        "  RETURN NEW;\n"
-                                        "END $fn$;\n"
-                                        "CREATE TRIGGER @n:_guard@ BEFORE INSERT OR UPDATE OF "
-                                        "topic, msg_key, headers ON @table@\n"
-                                        "  FOR EACH ROW EXECUTE FUNCTION @q:_guard@();\n"
-                                        "ALTER TABLE @table@ DROP CONSTRAINT @n:_valid@;\n"
-                                        "CREATE OR REPLACE FUNCTION @q:_enqueue@(topic text, key "
-                                        "text, headers jsonb, body bytea)\n"
-                                        "RETURNS uuid LANGUAGE plpgsql VOLATILE\n"
-                                        "SET search_path = pg_catalog, pg_temp AS $fn$\n"
-                                        "DECLARE\n"
-                                        "  new_id uuid := gen_random_uuid();\n"
-                                        "BEGIN\n"
-                                        "  IF $4 IS NULL THEN\n"
-                                        "    RAISE EXCEPTION 'outbox: body is NULL' USING ERRCODE "
-                                        "= 'null_value_not_allowed';\n"
-                                        "  END IF;\n"
-                                        "  INSERT INTO @table@ (id, topic, msg_key, headers, "
-                                        "body)\n"
-                                        "  VALUES (new_id, $1, NULLIF($2, ''), coalesce($3, '{}'), "
-                                        "$4);\n"
-                                        "  RETURN new_id;\n"
-                                        "END $fn$;\n";
+
+static const char migration2[] =
+    "ALTER FUNCTION @q:_invalid@(text, text, jsonb) RENAME TO @n:_invalid_why@;\n" FN_ESCAPED(
+        "CREATE") FN_INVALID("CREATE") "ALTER TABLE @table@ ADD COLUMN crashes integer NOT NULL "
+                                       "DEFAULT 0,\n"
+                                       "  ALTER COLUMN id SET DEFAULT gen_random_uuid(),\n"
+                                       "  ALTER COLUMN seq SET GENERATED BY DEFAULT;\n" KEY_INDEX(
+                                           "CREATE INDEX") LISTENERS("CREATE UNLOGGED TABLE")
+                                           IDLE_SEQUENCE("CREATE SEQUENCE") FN_GUARD("CREATE")
+                                               GUARD_TRIGGER
+    "ALTER TABLE @table@ DROP CONSTRAINT @n:_valid@;\n" FN_ENQUEUE;
+
+/*
+ * `outboxd migrate --repair`: every object of the latest version beside
+ * the table, created again where it is missing (or disabled: the trigger)
+ * and left as it is where it is there; the versions recorded. For a table
+ * whose objects were dropped by hand. The table and its rows are never
+ * touched.
+ */
+static const char repair_sql[] = FN_INVALID_FULL("CREATE OR REPLACE FUNCTION", "@q:_invalid_why@")
+    FN_ESCAPED("CREATE OR REPLACE") FN_INVALID(
+        "CREATE OR REPLACE") "CREATE INDEX IF NOT EXISTS @n:_pending@ ON @table@ (seq) WHERE state "
+                             "= 0;\n"
+                             "CREATE INDEX IF NOT EXISTS @n:_done@ ON @table@ (state, "
+                             "processed_on) WHERE state <> 0;\n" KEY_INDEX(
+                                 "CREATE INDEX IF NOT EXISTS")
+                                 LISTENERS("CREATE UNLOGGED TABLE IF NOT EXISTS")
+                                     IDLE_SEQUENCE("CREATE SEQUENCE IF NOT EXISTS") FN_GUARD(
+                                         "CREATE OR REPLACE") "DROP TRIGGER IF EXISTS @n:_guard@ "
+                                                              "ON @table@;\n" GUARD_TRIGGER
+                                                                  FN_ENQUEUE;
 
 static const struct {
     int version;
@@ -551,117 +596,289 @@ static const char leftovers[] =
     "DROP FUNCTION IF EXISTS @q:_enqueue@, @q:_invalid@, @q:_invalid_why@, @q:_escaped@, "
     "@q:_guard@;";
 
-/*
- * What was dropped or disabled by hand since the last migrate, found
- * before anything is applied: OUTBOX_ERR_SCHEMA with what is missing and
- * the statements that fix it. Applying nothing and reporting "already at
- * version N" would leave the relay refusing to start (table or function
- * gone) or running without validation and wake-ups (guard trigger gone or
- * disabled); re-running version 1 over a table whose <table>_migrations was
- * dropped would fail on the first object that exists.
- */
-static int
-check_installed(PGconn *c, const outbox_pg_names_t *n, char *err, size_t errlen)
-{
-    sbuf_t b = {0}, fn = {0}, tg = {0};
-    PGresult *res = NULL;
-    const char *params[4];
-    int rc, version;
-    bool recorded, table, enqueue;
-    char trigger;
+/* The relations and functions of the latest version beside the table and
+ * <table>_migrations, as to_regclass()/to_regprocedure() arguments. */
+static const char *const objects_rel[] = {"@q:_listeners@", "@q:_idle@", "@schema@.@n:_pending@",
+                                          "@schema@.@n:_done@", "@schema@.@n:_key_pending@"};
+static const char *const objects_fn[] = {
+    "@q:_enqueue@(text, text, jsonb, bytea)", "@q:_invalid@(text, text, jsonb)",
+    "@q:_invalid_why@(text, text, jsonb)", "@q:_escaped@(text)", "@q:_guard@()"};
+#define NOBJECTS                                                                                   \
+    (sizeof(objects_rel) / sizeof(objects_rel[0]) + sizeof(objects_fn) / sizeof(objects_fn[0]))
 
-    expand(&fn, n, "@q:_enqueue@(text, text, jsonb, bytea)");
+/* What is installed of the latest version, read in one query. */
+typedef struct installed {
+    bool recorded; /* <table>_migrations exists */
+    bool table, crashes;
+    char trigger; /* pg_trigger.tgenabled of the guard, '-' when missing */
+    int version;  /* recorded, 0 if none */
+    int nmissing; /* of objects_rel and objects_fn */
+    char missing[1024];
+} installed_t;
+
+static int
+read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err, size_t errlen)
+{
+    sbuf_t b = {0}, tg = {0}, rels = {0}, fns = {0};
+    PGresult *res = NULL;
+    const char *params[5];
+    size_t i;
+    int rc;
+
+    memset(in, 0, sizeof(*in));
+    /* names as JSON string arrays: any character of a quoted name is safe */
+    for (i = 0; i < NOBJECTS; i++) {
+        bool rel = i < sizeof(objects_rel) / sizeof(objects_rel[0]);
+        sbuf_t *to = rel ? &rels : &fns;
+        sbuf_t one = {0};
+        const char *q;
+
+        expand(&one, n,
+               rel ? objects_rel[i] : objects_fn[i - sizeof(objects_rel) / sizeof(objects_rel[0])]);
+        sb_add(to, to->len == 0 ? "[\"" : ",\"");
+        for (q = one.p; q != NULL && *q != '\0'; q++) {
+            if (*q == '"' || *q == '\\')
+                sb_add(to, "\\");
+            sb_addn(to, q, 1);
+        }
+        sb_add(to, "\"");
+        to->nomem |= one.nomem;
+        free(one.p);
+    }
+    sb_add(&rels, "]");
+    sb_add(&fns, "]");
     expand(&tg, n, "@n:_guard@");
-    if (fn.nomem || tg.nomem) {
+    if (rels.nomem || fns.nomem || tg.nomem) {
         rc = OUTBOX_ERR_NOMEM;
         goto done;
     }
     params[0] = n->qmigrations;
     params[1] = n->qtable;
-    params[2] = fn.p;
-    params[3] = tg.p;
+    params[2] = tg.p;
+    params[3] = rels.p;
+    params[4] = fns.p;
     if ((rc = run(c, "schema check",
-                  "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL, "
-                  "to_regprocedure($3) IS NOT NULL, coalesce((SELECT tgenabled FROM pg_trigger "
-                  "WHERE tgrelid = to_regclass($2) AND '\"' || replace(tgname, '\"', '\"\"') || "
-                  "'\"' = $4), "
-                  "'-')",
-                  4, params, &res, err, errlen)) != OUTBOX_OK)
+                  "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL,"
+                  " EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($2)"
+                  " AND attname = 'crashes' AND NOT attisdropped),"
+                  " coalesce((SELECT tgenabled FROM pg_trigger WHERE tgrelid = to_regclass($2)"
+                  " AND '\"' || replace(tgname, '\"', '\"\"') || '\"' = $3), '-'),"
+                  " array_to_string(m, ', '), cardinality(m) FROM (SELECT"
+                  " ARRAY(SELECT o FROM jsonb_array_elements_text($4::jsonb) o"
+                  " WHERE to_regclass(o) IS NULL) || ARRAY(SELECT o FROM"
+                  " jsonb_array_elements_text($5::jsonb) o WHERE to_regprocedure(o) IS NULL)"
+                  " AS m) x",
+                  5, params, &res, err, errlen)) != OUTBOX_OK)
         goto done;
-    recorded = PQgetvalue(res, 0, 0)[0] == 't';
-    table = PQgetvalue(res, 0, 1)[0] == 't';
-    enqueue = PQgetvalue(res, 0, 2)[0] == 't';
-    trigger = PQgetvalue(res, 0, 3)[0]; /* '-' none, 'D' disabled */
+    in->recorded = PQgetvalue(res, 0, 0)[0] == 't';
+    in->table = PQgetvalue(res, 0, 1)[0] == 't';
+    in->crashes = PQgetvalue(res, 0, 2)[0] == 't';
+    in->trigger = PQgetvalue(res, 0, 3)[0];
+    snprintf(in->missing, sizeof(in->missing), "%s", PQgetvalue(res, 0, 4));
+    in->nmissing = atoi(PQgetvalue(res, 0, 5));
     PQclear(res);
     res = NULL;
-    if (!recorded) {
-        if (!table)
-            goto done; /* a first install */
-        rc = OUTBOX_ERR_SCHEMA;
-        expand(&b, n,
-               "CREATE TABLE @q:_migrations@ (version integer PRIMARY KEY, description text NOT "
-               "NULL, applied_on timestamptz NOT NULL DEFAULT now()); INSERT INTO "
-               "@q:_migrations@ (version, description) VALUES (1, 'recorded by hand')");
-        if (trigger != '-')
-            expand(&b, n, ", (2, 'recorded by hand')");
-        snprintf(err, errlen,
-                 "table %s exists but %s, which records its schema version, does not (dropped "
-                 "by hand?), so migrate cannot tell what to apply (if %s is another "
-                 "application's table, set `table` to another name). If outboxd installed it, "
-                 "record its version (%d: its %s trigger %s) and run `outboxd migrate` again: %s",
-                 n->qtable, n->qmigrations, n->qtable, trigger != '-' ? 2 : 1, tg.p,
-                 trigger != '-' ? "is there" : "is not", b.nomem ? "" : b.p);
-        goto done;
-    }
-    expand(&b, n, "SELECT coalesce(max(version), 0) FROM @q:_migrations@");
-    if (b.nomem) {
-        rc = OUTBOX_ERR_NOMEM;
-        goto done;
-    }
-    if ((rc = run(c, "read migrations", b.p, 0, NULL, &res, err, errlen)) != OUTBOX_OK)
-        goto done;
-    version = atoi(PQgetvalue(res, 0, 0));
-    free(b.p);
-    b = (sbuf_t){0};
-    if (version == 0)
-        goto done; /* nothing installed */
-    if (!table) {
-        rc = OUTBOX_ERR_SCHEMA;
-        expand(&b, n, leftovers);
-        snprintf(err, errlen,
-                 "table %s is missing although %s records schema version %d (dropped by hand?); "
-                 "to reinstall it empty, drop what is left of it and run `outboxd migrate` "
-                 "again: %s",
-                 n->qtable, n->qmigrations, version, b.nomem ? "" : b.p);
-    } else if (version < NMIGRATIONS) {
-        goto done; /* a later version creates the function and the trigger again */
-    } else if (!enqueue) {
-        rc = OUTBOX_ERR_SCHEMA;
-        snprintf(err, errlen,
-                 "function %s is missing although %s records schema version %d (dropped by "
-                 "hand?): create it again with the last CREATE OR REPLACE FUNCTION of it in "
-                 "`outboxd migrate --print`",
-                 fn.p, n->qmigrations, version);
-    } else if (trigger == '-' || trigger == 'D') {
-        rc = OUTBOX_ERR_SCHEMA;
-        if (trigger == 'D')
-            expand(&b, n, "ALTER TABLE @table@ ENABLE TRIGGER @n:_guard@");
-        else
-            expand(&b, n,
-                   "CREATE TRIGGER @n:_guard@ BEFORE INSERT OR UPDATE OF topic, msg_key, headers "
-                   "ON @table@ FOR EACH ROW EXECUTE FUNCTION @q:_guard@()");
-        snprintf(err, errlen,
-                 "trigger %s on %s is %s although %s records schema version %d: without it "
-                 "messages are not validated and idle relays are not woken (delivery waits for "
-                 "process_interval); %s it again: %s",
-                 tg.p, n->qtable, trigger == 'D' ? "disabled" : "missing (dropped by hand?)",
-                 n->qmigrations, version, trigger == 'D' ? "enable" : "create", b.nomem ? "" : b.p);
+    if (in->recorded) {
+        expand(&b, n, "SELECT coalesce(max(version), 0) FROM @q:_migrations@");
+        if (b.nomem) {
+            rc = OUTBOX_ERR_NOMEM;
+            goto done;
+        }
+        if ((rc = run(c, "read migrations", b.p, 0, NULL, &res, err, errlen)) != OUTBOX_OK)
+            goto done;
+        in->version = atoi(PQgetvalue(res, 0, 0));
     }
 done:
     PQclear(res);
     free(b.p);
-    free(fn.p);
     free(tg.p);
+    free(rels.p);
+    free(fns.p);
+    return rc;
+}
+
+/*
+ * What was dropped or disabled by hand since the last migrate, found
+ * before anything is applied: OUTBOX_ERR_SCHEMA with every problem and the
+ * fix. Applying nothing and reporting "already at version N" would leave
+ * the relay refusing to start, producers failing, or the relay running
+ * without validation and wake-ups; re-running version 1 over a table whose
+ * <table>_migrations was dropped would fail on the first object that
+ * exists. The fix is `outboxd migrate --repair` (repair_sql), or for a
+ * dropped table, the DROP statements of what is left, to reinstall.
+ */
+static int
+check_installed(PGconn *c, const outbox_pg_names_t *n, char *err, size_t errlen)
+{
+    sbuf_t b = {0};
+    installed_t in;
+    int rc;
+
+    if ((rc = read_installed(c, n, &in, err, errlen)) != OUTBOX_OK)
+        return rc;
+    rc = OUTBOX_ERR_SCHEMA;
+    if (!in.table && (in.version > 0 || (size_t)in.nmissing < NOBJECTS)) {
+        expand(&b, n, leftovers);
+        if (in.version > 0)
+            snprintf(err, errlen,
+                     "table %s is missing although %s records schema version %d (dropped by "
+                     "hand?); to reinstall it empty, drop what is left of it and run `outboxd "
+                     "migrate` again: %s",
+                     n->qtable, n->qmigrations, in.version, b.nomem ? "" : b.p);
+        else
+            snprintf(err, errlen,
+                     "table %s is missing but objects of an earlier install are there; to "
+                     "install it empty, drop them and run `outboxd migrate` again: %s",
+                     n->qtable, b.nomem ? "" : b.p);
+    } else if (!in.table || (in.recorded && in.version < NMIGRATIONS)) {
+        rc = OUTBOX_OK; /* a first install, or versions to apply */
+    } else if (!in.recorded && !in.crashes) {
+        snprintf(err, errlen,
+                 "table %s exists but is not one outboxd installed (no %s, no column crashes): "
+                 "set `table` to another name",
+                 n->qtable, n->qmigrations);
+    } else if (!in.recorded) {
+        snprintf(err, errlen,
+                 "table %s exists but %s, which records its schema version, does not (dropped "
+                 "by hand?), so migrate cannot tell what to apply: `outboxd migrate --repair` "
+                 "records version %d and creates again whatever else is missing (the table and "
+                 "its rows are kept; --repair --print shows the SQL)",
+                 n->qtable, n->qmigrations, NMIGRATIONS);
+    } else if (in.nmissing > 0 || in.trigger == '-' || in.trigger == 'D') {
+        char trig[160] = "";
+
+        if (in.trigger == '-' || in.trigger == 'D')
+            snprintf(trig, sizeof(trig),
+                     "%strigger %s is %s (without it nothing is validated and idle relays are not "
+                     "woken)",
+                     in.nmissing > 0 ? "; " : "", "@n:_guard@",
+                     in.trigger == 'D' ? "disabled" : "missing");
+        expand(&b, n, trig);
+        snprintf(err, errlen,
+                 "%s records schema version %d of %s but %s%s%s (changed by hand?): `outboxd "
+                 "migrate --repair` creates again what is missing (the table and its rows are "
+                 "kept; --repair --print shows the SQL)",
+                 n->qmigrations, in.version, n->qtable, in.nmissing > 0 ? in.missing : "",
+                 in.nmissing > 1    ? " are missing"
+                 : in.nmissing == 1 ? " is missing"
+                                    : "",
+                 b.nomem ? "" : b.p);
+    } else {
+        rc = OUTBOX_OK;
+    }
+    free(b.p);
+    return rc;
+}
+
+/* repair_sql with its transaction, lock and recorded versions. */
+static void
+build_repair(sbuf_t *b, const outbox_pg_names_t *n)
+{
+    sbuf_t key = {0};
+    char num[16];
+    int i;
+
+    add_lock_key(&key, n);
+    sb_add(b, "-- outbox schema repair for ");
+    sb_add(b, n->qtable);
+    sb_add(b, ": what is missing of schema version ");
+    snprintf(num, sizeof(num), "%d", NMIGRATIONS);
+    sb_add(b, num);
+    sb_add(b, " created again; the table and its rows are kept\n"
+              "BEGIN;\nSELECT pg_advisory_xact_lock(hashtextextended(");
+    add_literal(b, key.nomem ? "" : key.p);
+    sb_add(b, ", 0));\n");
+    expand(b, n, migrations_table);
+    expand(b, n, repair_sql);
+    expand(b, n, "INSERT INTO @q:_migrations@ (version, description) VALUES ");
+    for (i = 0; i < NMIGRATIONS; i++) {
+        snprintf(num, sizeof(num), "%s(%d, ", i > 0 ? ", " : "", migrations[i].version);
+        sb_add(b, num);
+        add_literal(b, migrations[i].description);
+        sb_add(b, ")");
+    }
+    sb_add(b, " ON CONFLICT (version) DO NOTHING;\nCOMMIT;\n");
+    b->nomem |= key.nomem;
+    free(key.p);
+}
+
+int
+outbox_pg_repair_sql(const char *schema, const char *table, char **sql_out)
+{
+    outbox_pg_names_t n;
+    sbuf_t b = {0};
+    char err[128];
+    int rc;
+
+    if ((rc = outbox_pg_names_init(&n, schema, table, err, sizeof(err))) != OUTBOX_OK)
+        return rc;
+    build_repair(&b, &n);
+    outbox_pg_names_free(&n);
+    if (b.nomem) {
+        free(b.p);
+        return OUTBOX_ERR_NOMEM;
+    }
+    *sql_out = b.p;
+    return OUTBOX_OK;
+}
+
+int
+outbox_pg_repair(const outbox_pg_options_t *opt, char *err, size_t errlen)
+{
+    outbox_pg_names_t n = {0};
+    PGconn *c = NULL;
+    installed_t in;
+    sbuf_t b = {0};
+    char e[2048];
+    int rc;
+
+    e[0] = '\0';
+    if (opt == NULL) {
+        rc = OUTBOX_ERR_CONFIG;
+        snprintf(e, sizeof(e), "no options");
+        goto done;
+    }
+    if ((rc = outbox_pg_names_init(&n, opt->schema, opt->table, e, sizeof(e))) != OUTBOX_OK ||
+        (rc = outbox_pg_connect(&c, opt->conninfo, e, sizeof(e))) != OUTBOX_OK ||
+        (rc = read_installed(c, &n, &in, e, sizeof(e))) != OUTBOX_OK)
+        goto done;
+    rc = OUTBOX_ERR_SCHEMA;
+    if (!in.table) {
+        snprintf(e, sizeof(e),
+                 "table %s is missing: repair keeps a table, it does not make one "
+                 "(`outboxd migrate` installs it)",
+                 n.qtable);
+        goto done;
+    }
+    if (!in.crashes || (in.recorded && in.version < NMIGRATIONS)) {
+        snprintf(e, sizeof(e),
+                 "table %s is not at schema version %d (%s): repair restores that version's "
+                 "objects only; run `outboxd migrate`",
+                 n.qtable, NMIGRATIONS,
+                 in.recorded ? "an earlier version is recorded" : "it has no column crashes");
+        goto done;
+    }
+    if (in.version > NMIGRATIONS) {
+        snprintf(e, sizeof(e), "%s records schema version %d, newer than this build's %d",
+                 n.qmigrations, in.version, NMIGRATIONS);
+        goto done;
+    }
+    build_repair(&b, &n);
+    if (b.nomem) {
+        rc = OUTBOX_ERR_NOMEM;
+        goto done;
+    }
+    if ((rc = run(c, "repair", b.p, 0, NULL, NULL, e, sizeof(e))) != OUTBOX_OK)
+        goto done;
+    rc = check_installed(c, &n, e, sizeof(e));
+done:
+    if (c != NULL && PQtransactionStatus(c) != PQTRANS_IDLE)
+        PQclear(PQexec(c, "ROLLBACK"));
+    PQfinish(c);
+    outbox_pg_names_free(&n);
+    free(b.p);
+    if (rc != OUTBOX_OK && err != NULL && errlen > 0)
+        snprintf(err, errlen, "%s", e);
     return rc;
 }
 

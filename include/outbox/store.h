@@ -122,6 +122,19 @@ int outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt,
  * or its enqueue function was dropped; err says how to reinstall. */
 int outbox_pg_migrate(const outbox_pg_options_t *opt, int *from, int *to, char *err, size_t errlen);
 
+/* Create again what was dropped by hand of the latest schema version
+ * beside the table (functions, the guard trigger, dropped or disabled,
+ * indexes, <table>_listeners, <table>_idle, <table>_migrations and its
+ * versions); what is there is left as it is, the table and its rows are
+ * never touched. One transaction; the trigger is re-created, which locks
+ * out inserts for that moment. OUTBOX_ERR_SCHEMA when the table is
+ * missing or not at the latest version (migrate is the fix); err says so. */
+int outbox_pg_repair(const outbox_pg_options_t *opt, char *err, size_t errlen);
+
+/* The SQL outbox_pg_repair() runs, for schema/table (NULL = defaults).
+ * *sql_out is malloc'd; caller frees. */
+int outbox_pg_repair_sql(const char *schema, const char *table, char **sql_out);
+
 /* The SQL of migration `version` for schema/table (NULL = defaults), for
  * DBAs who apply migrations themselves. *sql_out is malloc'd; caller frees.
  * OUTBOX_OK, OUTBOX_ERR_CONFIG (bad name or version), OUTBOX_ERR_NOMEM. */

@@ -622,9 +622,10 @@ test_unmigrated_database_is_refused(void **state)
 /* `outboxd migrate` when <table>_migrations records the schema but the
  * table was dropped: not "already at version 2" (the relay would then ask
  * for a migrate, a loop) but exit 1 naming the table and the statement
- * that clears the rest; after that statement migrate installs it again. A
- * dropped enqueue function, a dropped or disabled guard trigger and a
- * dropped <table>_migrations are named too, each with its fix. */
+ * that clears the rest; after that statement migrate installs it again.
+ * Any other object dropped or disabled by hand (functions, the guard
+ * trigger, indexes, the wake-up objects, <table>_migrations) is named too,
+ * and `migrate --repair` restores it, keeping the table's rows. */
 static void
 test_migrate_refuses_dropped_table(void **state)
 {
@@ -656,45 +657,63 @@ test_migrate_refuses_dropped_table(void **state)
     assert_non_null(strstr(out, "migrated from version 0 to 2"));
     free(out);
 
-    /* the guard trigger (validation and wake-ups) disabled, then dropped;
-     * <table>_migrations dropped: each named, with the statement that fixes it */
+    /* objects dropped or disabled by hand: migrate names every one and
+     * refers to --repair, which restores them and keeps the rows */
     {
         static const struct {
-            const char *breaks, *says, *fix_after;
+            const char *breaks, *says;
         } cases[] = {
             {"ALTER TABLE outbox DISABLE TRIGGER outbox_guard",
-             "trigger \"outbox_guard\" on \"public\".\"outbox\" is disabled", "enable it again: "},
-            {"DROP TRIGGER outbox_guard ON outbox",
-             "trigger \"outbox_guard\" on \"public\".\"outbox\" is missing", "create it again: "},
+             "trigger \"outbox_guard\" is disabled"},
+            {"DROP TRIGGER outbox_guard ON outbox", "trigger \"outbox_guard\" is missing"},
+            {"DROP FUNCTION outbox_guard() CASCADE",
+             "\"public\".\"outbox_guard\"() is missing; trigger \"outbox_guard\" is missing"},
             {"DROP TABLE outbox_migrations",
-             "table \"public\".\"outbox\" exists but \"public\".\"outbox_migrations\"",
-             "run `outboxd migrate` again: "},
+             "table \"public\".\"outbox\" exists but \"public\".\"outbox_migrations\""},
+            {"DROP TRIGGER outbox_guard ON outbox; DROP TABLE outbox_migrations",
+             "\"public\".\"outbox_migrations\", which records its schema version, does not"},
+            {"DROP SEQUENCE outbox_idle; DROP TABLE outbox_listeners",
+             "\"public\".\"outbox_listeners\", \"public\".\"outbox_idle\" are missing"},
+            {"DROP FUNCTION outbox_enqueue; DROP FUNCTION outbox_invalid_why; DROP INDEX "
+             "outbox_key_pending",
+             "\"public\".\"outbox_key_pending\", \"public\".\"outbox_enqueue\"(text, text, jsonb, "
+             "bytea), \"public\".\"outbox_invalid_why\"(text, text, jsonb) are missing"},
         };
+        char *repair[] = {bin, "migrate", "--repair", "--db", db, NULL};
         size_t i;
 
+        th_exec(pg, "SELECT outbox_enqueue('kept.' || g, NULL, '{}', 'x') FROM "
+                    "generate_series(1, 5) g");
         for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
             th_exec(pg, "%s", cases[i].breaks);
             assert_int_equal(th_run(argv, &out, 30000), 1);
-            if (strstr(out, cases[i].says) == NULL || strstr(out, cases[i].fix_after) == NULL)
+            assert_null(strstr(out, "already at version"));
+            if (strstr(out, cases[i].says) == NULL || strstr(out, "migrate --repair") == NULL)
                 fail_msg("case %zu: \"%s\" lacks \"%s\"", i, out, cases[i].says);
-            fix = strstr(out, cases[i].fix_after) + strlen(cases[i].fix_after);
-            th_exec(pg, "%.*s", (int)strcspn(fix, "\n"), fix);
+            free(out);
+            assert_int_equal(th_run(repair, &out, 30000), 0);
+            assert_non_null(strstr(out, "repaired, at version 2"));
             free(out);
             assert_int_equal(th_run(argv, &out, 30000), 0);
             assert_non_null(strstr(out, "already at version 2"));
             free(out);
+            /* validation, the wake-up flag and the rows are all back */
+            assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM pg_trigger WHERE tgname = "
+                                             "'outbox_guard' AND tgenabled = 'O'"),
+                             1);
+            assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM outbox WHERE topic LIKE "
+                                             "'kept.%%'"),
+                             5);
+            assert_int_equal(th_query_ll(pg, "SELECT max(version) FROM outbox_migrations"), 2);
         }
-        /* the trigger is back: validation refuses a bad topic again */
-        assert_int_equal(th_query_ll(pg, "SELECT count(*) FROM pg_trigger WHERE tgname = "
-                                         "'outbox_guard' AND tgenabled = 'O'"),
-                         1);
+        /* repair on a healthy schema changes nothing; without the table it refuses */
+        assert_int_equal(th_run(repair, &out, 30000), 0);
+        free(out);
+        th_exec(pg, "DROP TABLE outbox");
+        assert_int_equal(th_run(repair, &out, 30000), 1);
+        assert_non_null(strstr(out, "repair keeps a table, it does not make one"));
+        free(out);
     }
-
-    th_exec(pg, "DROP FUNCTION outbox_enqueue");
-    assert_int_equal(th_run(argv, &out, 30000), 1);
-    assert_non_null(strstr(out, "function \"public\".\"outbox_enqueue\"(text, text, jsonb, bytea) "
-                                "is missing"));
-    free(out);
     PQfinish(pg);
     th_db_drop(&env, db);
 }
