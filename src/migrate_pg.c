@@ -770,6 +770,21 @@ check_installed(PGconn *c, const outbox_pg_names_t *n, char *err, size_t errlen)
     return rc;
 }
 
+int
+outbox_pg_schema_check(const outbox_pg_options_t *opt, char *err, size_t errlen)
+{
+    outbox_pg_names_t n = {0};
+    PGconn *c = NULL;
+    int rc;
+
+    if ((rc = outbox_pg_names_init(&n, opt->schema, opt->table, err, errlen)) == OUTBOX_OK &&
+        (rc = outbox_pg_connect(&c, opt->conninfo, err, errlen)) == OUTBOX_OK)
+        rc = check_installed(c, &n, err, errlen);
+    PQfinish(c);
+    outbox_pg_names_free(&n);
+    return rc;
+}
+
 /* repair_sql with its transaction, lock and recorded versions. */
 static void
 build_repair(sbuf_t *b, const outbox_pg_names_t *n)

@@ -224,7 +224,7 @@ warn_cb(void *arg, const char *text)
 static int
 connect_all(worker_t *w)
 {
-    char err[512];
+    char err[2048]; /* a schema check names every object missing */
     int rc;
     bool relay = w->spec->role == OUTBOX_ROLE_RELAY;
 
@@ -312,6 +312,15 @@ connect_all(worker_t *w)
             log_info("keeper for %s.%s: lock check every %llds, retention every %llds",
                      w->cfg.schema, w->cfg.table, (long long)(w->cfg.lock_check_interval_ms / 1000),
                      (long long)(w->cfg.cleanup_interval_ms / 1000));
+        if (!relay) {
+            /* Once per keeper start: a trigger disabled by hand, say, does
+             * not stop the relay, but costs validation and wake-ups. */
+            outbox_pg_options_t o = {
+                .conninfo = w->cfg.db, .schema = w->cfg.schema, .table = w->cfg.table};
+
+            if (outbox_pg_schema_check(&o, err, sizeof(err)) == OUTBOX_ERR_SCHEMA)
+                log_warn("schema: %s", err);
+        }
     }
     w->connected_once = true;
     return 0;

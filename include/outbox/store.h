@@ -131,6 +131,11 @@ int outbox_pg_migrate(const outbox_pg_options_t *opt, int *from, int *to, char *
  * missing or not at the latest version (migrate is the fix); err says so. */
 int outbox_pg_repair(const outbox_pg_options_t *opt, char *err, size_t errlen);
 
+/* What `outboxd migrate` checks before applying anything, alone: OUTBOX_OK,
+ * or OUTBOX_ERR_SCHEMA with every object dropped or disabled by hand and
+ * the fix in err (also when versions are still to apply: OUTBOX_OK). */
+int outbox_pg_schema_check(const outbox_pg_options_t *opt, char *err, size_t errlen);
+
 /* The SQL outbox_pg_repair() runs, for schema/table (NULL = defaults).
  * *sql_out is malloc'd; caller frees. */
 int outbox_pg_repair_sql(const char *schema, const char *table, char **sql_out);

@@ -496,6 +496,34 @@ test_row_text_is_printed_escaped(void **state)
     pool_close(&c);
 }
 
+/* The relay runs on a schema changed by hand (here the guard trigger
+ * disabled: no validation, no wake-ups), but the keeper says so once at
+ * start, naming the fix. */
+static void
+test_keeper_warns_of_schema_changed_by_hand(void **state)
+{
+    int64_t deadline;
+    PGconn *pg;
+    pool_t c;
+    (void)state;
+
+    pool_open(&c, "schemawarn");
+    pg = th_connect(c.db);
+    th_exec(pg, "ALTER TABLE outbox DISABLE TRIGGER outbox_guard");
+    pool_write_conf(&c, 1, NULL);
+    pool_start(&c);
+    deadline = th_now_ms() + 20000;
+    while (!pool_log_has(&c, "trigger \"outbox_guard\" is disabled") && th_now_ms() < deadline)
+        th_sleep_ms(50);
+    if (!pool_log_has(&c, "trigger \"outbox_guard\" is disabled")) {
+        pool_dump_log(&c);
+        fail_msg("no warning about the disabled trigger");
+    }
+    assert_true(pool_log_has(&c, "outboxd migrate --repair"));
+    PQfinish(pg);
+    pool_close(&c);
+}
+
 /* ---- retry backoff ---- */
 
 /* A failing record is retried after retry_initial x multiplier^(n-1),
@@ -677,6 +705,7 @@ main(void)
         cmocka_unit_test(test_per_key_order_across_workers_and_failures),
         cmocka_unit_test(test_dead_letters_and_operator_commands),
         cmocka_unit_test(test_row_text_is_printed_escaped),
+        cmocka_unit_test(test_keeper_warns_of_schema_changed_by_hand),
         cmocka_unit_test(test_retry_backoff_schedule),
         cmocka_unit_test(test_short_duplicate_window_warned),
         cmocka_unit_test(test_outages_end_exactly_once),
