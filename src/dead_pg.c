@@ -239,12 +239,13 @@ report_missed(PGconn *conn, const char *qtable, const char *action, const outbox
     return nmissed;
 }
 
-/* Column c of row i escaped into buf (len bytes), backslashes included. */
+/* Column c of row i escaped into buf (len bytes), backslashes included
+ * but in the headers: JSON, whose own escapes are unambiguous. */
 static const char *
 escaped(char *buf, size_t len, const PGresult *res, int i, int c)
 {
     outbox_escape(buf, len, PQgetvalue(res, i, c), (size_t)PQgetlength(res, i, c),
-                  OUTBOX_ESCAPE_BACKSLASH);
+                  strcmp(PQfname(res, c), "headers") == 0 ? 0 : OUTBOX_ESCAPE_BACKSLASH);
     return buf;
 }
 
@@ -390,6 +391,10 @@ outbox_dead_run(const char *action, const outbox_dead_query_t *q, FILE *out, FIL
     }
     if (show && q->nids == 0) {
         outbox_fprintf_safe(err, "outboxd: dead show needs a record id\n");
+        return 2;
+    }
+    if (q->all && (list || show)) {
+        outbox_fprintf_safe(err, "outboxd: dead %s: --all is for requeue and purge\n", action);
         return 2;
     }
     if (q->all && has_filter(q)) {

@@ -325,6 +325,7 @@ test_dead_letters_and_operator_commands(void **state)
     assert_non_null(strstr(out, "--all acts on every dead record"));
     free(out);
     assert_int_equal(outboxd(&c, NULL, "dead", "requeue", "--all", "--topic", pat), 2);
+    assert_int_equal(outboxd(&c, NULL, "dead", "list", "--all", NULL, NULL), 2);
 
     /* the stream now takes the subject: requeue, delivered under a new id */
     snprintf(subjects, sizeof(subjects), "%s.>", c.prefix);
@@ -487,6 +488,7 @@ test_row_text_is_printed_escaped(void **state)
     assert_int_equal(outboxd(&c, &out, "dead", "show", id, NULL, NULL), 0);
     assert_non_null(strstr(out, ".d\\x1b]0;title\\x07"));
     assert_non_null(strstr(out, "key\\x1b[31m"));
+    assert_non_null(strstr(out, "{\"h\": \"v\\u001b\"}")); /* JSON: its own escape, once */
     assert_non_null(strstr(out, "body\\x1b[2Jmore\\n\\xff"));
     for (p = out; *p != '\0'; p++)
         if ((unsigned char)*p < ' ' && *p != '\n')
