@@ -829,3 +829,18 @@ th_dump_file(const char *path, const char *title)
     }
     fclose(f);
 }
+
+int
+th_file_has(const char *path, const char *needle)
+{
+    char line[1024];
+    int found = 0;
+    FILE *f = fopen(path, "r");
+
+    if (f == NULL)
+        return 0;
+    while (!found && fgets(line, sizeof(line), f) != NULL)
+        found = strstr(line, needle) != NULL;
+    fclose(f);
+    return found;
+}

@@ -67,6 +67,8 @@ int th_stop(pid_t pid, int64_t timeout_ms);
 int th_run(char *const argv[], char **out, int64_t timeout_ms);
 /* Copy a file (a daemon's log) to stderr under a title; silent if absent. */
 void th_dump_file(const char *path, const char *title);
+/* 1 if a line of the file at path contains needle (0 if it cannot be read). */
+int th_file_has(const char *path, const char *needle);
 
 /* Private servers for tests that stop/restart them. */
 typedef struct th_servers {

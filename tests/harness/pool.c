@@ -70,16 +70,7 @@ pool_dump_log(const pool_t *c)
 int
 pool_log_has(const pool_t *c, const char *needle)
 {
-    char line[1024];
-    int found = 0;
-    FILE *f = fopen(c->log, "r");
-
-    if (f == NULL)
-        return 0;
-    while (!found && fgets(line, sizeof(line), f) != NULL)
-        found = strstr(line, needle) != NULL;
-    fclose(f);
-    return found;
+    return th_file_has(c->log, needle);
 }
 
 /* Write the config file: db, nats, instance, fast intervals, plus extra
