@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "config.h"
+#include "escape.h"
 #include "log.h"
 #include "outbox/store.h"
 #include "stats.h"
@@ -584,13 +585,17 @@ outbox_config_validate(const outbox_config_t *cfg, char *err, size_t errlen)
     }
     if (check_nats_urls(cfg->nats_url, err, errlen) != 0)
         return OUTBOX_ERR_CONFIG;
-    if (!valid_ident(cfg->schema, 63)) {
-        snprintf(err, errlen, "schema: must be 1 to 63 bytes without control characters");
+    if (!valid_ident(cfg->schema, 63) || outbox_pg_name_problem(cfg->schema) != NULL) {
+        snprintf(err, errlen,
+                 "schema: must be 1 to 63 bytes of UTF-8 without control "
+                 "characters or '$'");
         return OUTBOX_ERR_CONFIG;
     }
     /* "<table>_migrations" must fit PostgreSQL's 63-byte identifiers */
-    if (!valid_ident(cfg->table, 52)) {
-        snprintf(err, errlen, "table: must be 1 to 52 bytes without control characters");
+    if (!valid_ident(cfg->table, 52) || outbox_pg_name_problem(cfg->table) != NULL) {
+        snprintf(err, errlen,
+                 "table: must be 1 to 52 bytes of UTF-8 without control "
+                 "characters or '$'");
         return OUTBOX_ERR_CONFIG;
     }
     if (strlen(cfg->machine_id) > 64) {
@@ -846,7 +851,7 @@ outbox_config_dump(const outbox_config_t *cfg, FILE *out)
 
     for (i = 0; i < NKEYS; i++) {
         format_value(cfg, &keys[i], true, buf, sizeof(buf));
-        fprintf(out, "%s = %s\n", keys[i].name, buf);
+        outbox_fprintf_safe(out, "%s = %s\n", keys[i].name, buf);
     }
 }
 

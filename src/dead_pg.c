@@ -284,7 +284,7 @@ print_list(PGresult *res, const outbox_dead_query_t *q, FILE *out)
                           "died", PQgetvalue(res, i, 5), "error", PQgetvalue(res, i, 6),
                           "body_bytes", (json_int_t)atoll(PQgetvalue(res, i, 7))));
         doc = json_pack("{s:I, s:o}", "total", (json_int_t)total, "records", a);
-        text = json_dumps(doc, JSON_INDENT(2));
+        text = json_dumps(doc, JSON_INDENT(2) | JSON_ENSURE_ASCII);
         if (text != NULL)
             fprintf(out, "%s\n", text);
         free(text);
@@ -337,7 +337,7 @@ print_show(PGresult *res, const outbox_dead_query_t *q, FILE *out)
                         PQgetisnull(res, i, c) ? json_null() : json_string(PQgetvalue(res, i, c)));
             }
             json_object_set_new(o, "body_base64", json_string(PQgetvalue(res, i, 13)));
-            text = json_dumps(o, JSON_INDENT(2));
+            text = json_dumps(o, JSON_INDENT(2) | JSON_ENSURE_ASCII);
             if (text != NULL)
                 fprintf(out, "%s\n", text);
             free(text);

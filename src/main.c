@@ -412,7 +412,7 @@ static int
 cmd_migrate(const cli_t *c, outbox_config_t *cfg)
 {
     outbox_pg_options_t o = {.conninfo = cfg->db, .schema = cfg->schema, .table = cfg->table};
-    char err[2048]; /* a missing table's fix names every object to drop */
+    char err[8192]; /* every object missing, and the fix */
     int from = 0, to = 0, rc, v;
 
     if (c->nargs != 1) {
@@ -436,8 +436,8 @@ cmd_migrate(const cli_t *c, outbox_config_t *cfg)
             outbox_fprintf_safe(stderr, "outboxd: migrate --repair failed: %s\n", err);
             return rc == OUTBOX_ERR_CONFIG ? EXIT_USAGE : 1;
         }
-        printf("schema %s, table %s: repaired, at version %d\n", cfg->schema, cfg->table,
-               OUTBOX_SCHEMA_VERSION);
+        outbox_fprintf_safe(stdout, "schema %s, table %s: repaired, at version %d\n", cfg->schema,
+                            cfg->table, OUTBOX_SCHEMA_VERSION);
         return 0;
     }
     if (c->print) {
@@ -459,10 +459,11 @@ cmd_migrate(const cli_t *c, outbox_config_t *cfg)
         return rc == OUTBOX_ERR_CONFIG ? EXIT_USAGE : 1;
     }
     if (from == to)
-        printf("schema %s, table %s: already at version %d\n", cfg->schema, cfg->table, to);
+        outbox_fprintf_safe(stdout, "schema %s, table %s: already at version %d\n", cfg->schema,
+                            cfg->table, to);
     else
-        printf("schema %s, table %s: migrated from version %d to %d\n", cfg->schema, cfg->table,
-               from, to);
+        outbox_fprintf_safe(stdout, "schema %s, table %s: migrated from version %d to %d\n",
+                            cfg->schema, cfg->table, from, to);
     return 0;
 }
 
@@ -494,8 +495,9 @@ cmd_stream(const cli_t *c, outbox_config_t *cfg)
                  ? outbox_nats_stream_update(&o, c->args[2], c->args[3], dup_ms, err, sizeof(err))
                  : outbox_nats_stream_add(&o, c->args[2], c->args[3], dup_ms, err, sizeof(err));
         if (rc == OUTBOX_OK)
-            printf("stream %s %s for subjects %s\n", c->args[2],
-                   update ? "updated" : "ready (created, or already there as asked)", c->args[3]);
+            outbox_fprintf_safe(stdout, "stream %s %s for subjects %s\n", c->args[2],
+                                update ? "updated" : "ready (created, or already there as asked)",
+                                c->args[3]);
     } else if (c->nargs == 3 && strcmp(c->args[1], "info") == 0) {
         rc = outbox_nats_stream_info(&o, c->args[2], c->json != 0, stdout, err, sizeof(err));
     } else {

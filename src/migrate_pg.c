@@ -15,7 +15,8 @@
 /*
  * Migration templates. @table@ is the quoted, qualified table, @schema@ the
  * quoted schema, @q:SUFFIX@ the qualified name "<table>SUFFIX" and
- * @n:SUFFIX@ its bare quoted name (indexes, constraints).
+ * @n:SUFFIX@ its bare quoted name (indexes, constraints), @lq:SUFFIX@ the
+ * qualified name as a string literal.
  *
  * <table>_invalid() is the server copy of outbox_message_validate()
  * (src/validate.c): it returns why a message is invalid, or NULL. It backs
@@ -258,7 +259,7 @@ static const char migration1[] = FN_INVALID_FULL(
                                              "    END IF;\n"                                       \
                                              "  END IF;\n"                                         \
                                              "  IF TG_OP = 'INSERT' AND "                          \
-                                             "pg_sequence_last_value('@q:_idle@') > 0 THEN\n"      \
+                                             "pg_sequence_last_value(@lq:_idle@) > 0 THEN\n"       \
                                              "    PERFORM pg_notify('@channel@', '');\n"           \
                                              "  END IF;\n"                                         \
                                              "  RETURN NEW;\n"                                     \
@@ -393,6 +394,22 @@ expand(sbuf_t *b, const outbox_pg_names_t *n, const char *tmpl)
         } else if (strncmp(key, "q:", 2) == 0 || strncmp(key, "n:", 2) == 0) {
             name = outbox_pg_qualify(key[0] == 'q' ? n->schema : NULL, n->table, key + 2);
             sb_add(b, name);
+            free(name);
+        } else if (strncmp(key, "lq:", 3) == 0) {
+            /* the qualified name as a string literal ('' and \\ doubled) */
+            const char *c;
+
+            if ((name = outbox_pg_qualify(n->schema, n->table, key + 3)) == NULL) {
+                b->nomem = 1;
+                return;
+            }
+            sb_add(b, strchr(name, '\\') != NULL ? "E'" : "'");
+            for (c = name; *c != '\0'; c++) {
+                if (*c == '\'' || (*c == '\\' && strchr(name, '\\') != NULL))
+                    sb_addn(b, c, 1);
+                sb_addn(b, c, 1);
+            }
+            sb_add(b, "'");
             free(name);
         } else {
             b->nomem = 1;
@@ -609,19 +626,28 @@ static const char *const objects_fn[] = {
 /* What is installed of the latest version, read in one query. */
 typedef struct installed {
     bool recorded; /* <table>_migrations exists */
-    bool table, crashes;
-    char trigger; /* pg_trigger.tgenabled of the guard, '-' when missing */
-    int version;  /* recorded, 0 if none */
-    int nmissing; /* of objects_rel and objects_fn */
-    char missing[1024];
+    bool table;
+    int ncolumns;      /* of the latest version's columns, the table has */
+    char columns[512]; /* those it lacks */
+    char trigger;      /* pg_trigger.tgenabled of the guard, '-' when missing */
+    int version;       /* recorded, 0 if none */
+    int nmissing;      /* of objects_rel and objects_fn */
+    char missing[4096];
 } installed_t;
+
+/* The table's columns at the latest version. */
+static const char table_columns[] =
+    "[\"id\", \"seq\", \"topic\", \"msg_key\", \"headers\", \"body\", \"state\", "
+    "\"created_on\", \"locked_by\", \"locked_on\", \"processed_on\", \"attempts\", "
+    "\"last_attempt_on\", \"last_error\", \"next_attempt_at\", \"crashes\"]";
+#define NCOLUMNS 16
 
 static int
 read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err, size_t errlen)
 {
     sbuf_t b = {0}, tg = {0}, rels = {0}, fns = {0};
     PGresult *res = NULL;
-    const char *params[5];
+    const char *params[6];
     size_t i;
     int rc;
 
@@ -657,10 +683,13 @@ read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err
     params[2] = tg.p;
     params[3] = rels.p;
     params[4] = fns.p;
+    params[5] = table_columns;
     if ((rc = run(c, "schema check",
                   "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL,"
-                  " EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($2)"
-                  " AND attname = 'crashes' AND NOT attisdropped),"
+                  " (SELECT array_to_string(array_agg(a), ', ') FROM"
+                  " jsonb_array_elements_text($6::jsonb) a WHERE NOT EXISTS (SELECT 1 FROM"
+                  " pg_attribute WHERE attrelid = to_regclass($2) AND attname = a"
+                  " AND NOT attisdropped)),"
                   " coalesce((SELECT tgenabled FROM pg_trigger WHERE tgrelid = to_regclass($2)"
                   " AND '\"' || replace(tgname, '\"', '\"\"') || '\"' = $3), '-'),"
                   " array_to_string(m, ', '), cardinality(m) FROM (SELECT"
@@ -668,11 +697,14 @@ read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err
                   " WHERE to_regclass(o) IS NULL) || ARRAY(SELECT o FROM"
                   " jsonb_array_elements_text($5::jsonb) o WHERE to_regprocedure(o) IS NULL)"
                   " AS m) x",
-                  5, params, &res, err, errlen)) != OUTBOX_OK)
+                  6, params, &res, err, errlen)) != OUTBOX_OK)
         goto done;
     in->recorded = PQgetvalue(res, 0, 0)[0] == 't';
     in->table = PQgetvalue(res, 0, 1)[0] == 't';
-    in->crashes = PQgetvalue(res, 0, 2)[0] == 't';
+    snprintf(in->columns, sizeof(in->columns), "%s", PQgetvalue(res, 0, 2));
+    in->ncolumns = NCOLUMNS;
+    for (i = 0; in->columns[0] != '\0' && i <= strlen(in->columns); i++)
+        in->ncolumns -= in->columns[i] == ',' || in->columns[i] == '\0';
     in->trigger = PQgetvalue(res, 0, 3)[0];
     snprintf(in->missing, sizeof(in->missing), "%s", PQgetvalue(res, 0, 4));
     in->nmissing = atoi(PQgetvalue(res, 0, 5));
@@ -730,39 +762,56 @@ check_installed(PGconn *c, const outbox_pg_names_t *n, char *err, size_t errlen)
                      "table %s is missing but objects of an earlier install are there; to "
                      "install it empty, drop them and run `outboxd migrate` again: %s",
                      n->qtable, b.nomem ? "" : b.p);
-    } else if (!in.table || (in.recorded && in.version < NMIGRATIONS)) {
-        rc = OUTBOX_OK; /* a first install, or versions to apply */
-    } else if (!in.recorded && !in.crashes) {
-        snprintf(err, errlen,
-                 "table %s exists but is not one outboxd installed (no %s, no column crashes): "
-                 "set `table` to another name",
-                 n->qtable, n->qmigrations);
-    } else if (!in.recorded) {
-        snprintf(err, errlen,
-                 "table %s exists but %s, which records its schema version, does not (dropped "
-                 "by hand?), so migrate cannot tell what to apply: `outboxd migrate --repair` "
-                 "records version %d and creates again whatever else is missing (the table and "
-                 "its rows are kept; --repair --print shows the SQL)",
-                 n->qtable, n->qmigrations, NMIGRATIONS);
-    } else if (in.nmissing > 0 || in.trigger == '-' || in.trigger == 'D') {
-        char trig[160] = "";
+    } else if (!in.table) {
+        rc = OUTBOX_OK; /* a first install */
+    } else if (in.ncolumns < NCOLUMNS && (!in.recorded || in.version >= NMIGRATIONS)) {
+        snprintf(err, errlen, "table %s %s but lacks %s of schema version %d: %s", n->qtable,
+                 in.recorded ? "is recorded as an outbox table" : "exists", in.columns, NMIGRATIONS,
+                 in.recorded ? "columns dropped by hand cannot be repaired; reinstall it"
+                             : "it is not an outbox table outboxd installed; set `table` to "
+                               "another name");
+    } else if (in.recorded && in.version < NMIGRATIONS && in.ncolumns < NCOLUMNS) {
+        rc = OUTBOX_OK; /* versions to apply */
+    } else if (!in.recorded || in.version < NMIGRATIONS || in.nmissing > 0 ||
+               (in.trigger != 'O' && in.trigger != 'A')) {
+        char v[64] = "none", trig[200] = "";
 
-        if (in.trigger == '-' || in.trigger == 'D')
+        /* 'O' and 'A' fire in every session; 'R' only where
+         * session_replication_role = replica, 'D' never */
+        if (in.trigger != 'O' && in.trigger != 'A')
             snprintf(trig, sizeof(trig),
                      "%strigger %s is %s (without it nothing is validated and idle relays are not "
                      "woken)",
                      in.nmissing > 0 ? "; " : "", "@n:_guard@",
-                     in.trigger == 'D' ? "disabled" : "missing");
+                     in.trigger == 'D'   ? "disabled"
+                     : in.trigger == 'R' ? "enabled for replicas only (ENABLE REPLICA)"
+                                         : "missing");
         expand(&b, n, trig);
-        snprintf(err, errlen,
-                 "%s records schema version %d of %s but %s%s%s (changed by hand?): `outboxd "
-                 "migrate --repair` creates again what is missing (the table and its rows are "
-                 "kept; --repair --print shows the SQL)",
-                 n->qmigrations, in.version, n->qtable, in.nmissing > 0 ? in.missing : "",
-                 in.nmissing > 1    ? " are missing"
-                 : in.nmissing == 1 ? " is missing"
-                                    : "",
-                 b.nomem ? "" : b.p);
+        if (in.recorded && in.version > 0)
+            snprintf(v, sizeof(v), "only version %d", in.version);
+        if (!in.recorded || in.version < NMIGRATIONS)
+            snprintf(err, errlen,
+                     "table %s has the columns of schema version %d but %s records %s (%s by "
+                     "hand?), so migrate cannot tell what to apply%s%s%s%s: `outboxd migrate "
+                     "--repair` records the versions and creates again what is missing (the "
+                     "table and its rows are kept; --repair --print shows the SQL)",
+                     n->qtable, NMIGRATIONS, n->qmigrations, v,
+                     in.recorded ? "rows deleted" : "dropped",
+                     in.nmissing > 0 || trig[0] != '\0' ? "; also " : "", in.missing,
+                     in.nmissing > 1    ? " are missing"
+                     : in.nmissing == 1 ? " is missing"
+                                        : "",
+                     b.nomem ? "" : b.p);
+        else
+            snprintf(err, errlen,
+                     "%s records schema version %d of %s but %s%s%s (changed by hand?): `outboxd "
+                     "migrate --repair` creates again what is missing (the table and its rows are "
+                     "kept; --repair --print shows the SQL)",
+                     n->qmigrations, in.version, n->qtable, in.missing,
+                     in.nmissing > 1    ? " are missing"
+                     : in.nmissing == 1 ? " is missing"
+                                        : "",
+                     b.nomem ? "" : b.p);
     } else {
         rc = OUTBOX_OK;
     }
@@ -844,7 +893,7 @@ outbox_pg_repair(const outbox_pg_options_t *opt, char *err, size_t errlen)
     PGconn *c = NULL;
     installed_t in;
     sbuf_t b = {0};
-    char e[2048];
+    char e[8192];
     int rc;
 
     e[0] = '\0';
@@ -865,12 +914,14 @@ outbox_pg_repair(const outbox_pg_options_t *opt, char *err, size_t errlen)
                  n.qtable);
         goto done;
     }
-    if (!in.crashes || (in.recorded && in.version < NMIGRATIONS)) {
+    if (in.ncolumns < NCOLUMNS) {
         snprintf(e, sizeof(e),
-                 "table %s is not at schema version %d (%s): repair restores that version's "
-                 "objects only; run `outboxd migrate`",
-                 n.qtable, NMIGRATIONS,
-                 in.recorded ? "an earlier version is recorded" : "it has no column crashes");
+                 "table %s lacks %s of schema version %d: repair restores that version's objects "
+                 "beside a table that has its columns; %s",
+                 n.qtable, in.columns, NMIGRATIONS,
+                 in.recorded ? "run `outboxd migrate`"
+                             : "it is not an outbox table outboxd installed: set `table` to "
+                               "another name");
         goto done;
     }
     if (in.version > NMIGRATIONS) {
@@ -902,7 +953,7 @@ outbox_pg_migrate(const outbox_pg_options_t *opt, int *from, int *to, char *err,
 {
     outbox_pg_names_t n = {0};
     PGconn *c = NULL;
-    char e[2048]; /* room for check_installed()'s DROP statements */
+    char e[8192]; /* room for check_installed()'s list and fix */
     int rc, i, applied, before = -1, after = 0;
 
     e[0] = '\0';

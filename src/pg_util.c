@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "escape.h"
 #include "pg_util.h"
 
 char *
@@ -63,6 +64,23 @@ done:
     return out;
 }
 
+const char *
+outbox_pg_name_problem(const char *name)
+{
+    const unsigned char *p = (const unsigned char *)name;
+    size_t len = strlen(name), i, n;
+
+    for (i = 0; i < len; i += n) {
+        if ((n = outbox_utf8_len(p + i, len - i)) == 0)
+            return "is not valid UTF-8";
+        if (p[i] < 0x20 || p[i] == 0x7F || (n == 2 && p[i] == 0xC2 && p[i + 1] < 0xA0))
+            return "contains a control character";
+        if (p[i] == '$')
+            return "contains '$' (outbox's functions are dollar-quoted)";
+    }
+    return NULL;
+}
+
 int
 outbox_pg_names_init(outbox_pg_names_t *n, const char *schema, const char *table, char *err,
                      size_t errlen)
@@ -76,6 +94,15 @@ outbox_pg_names_init(outbox_pg_names_t *n, const char *schema, const char *table
     }
     if (n->table[0] == '\0' || strlen(n->table) > OUTBOX_PG_TABLE_MAX) {
         snprintf(err, errlen, "table name must be 1 to %d bytes", OUTBOX_PG_TABLE_MAX);
+        return OUTBOX_ERR_CONFIG;
+    }
+    if (outbox_pg_name_problem(n->schema) != NULL || outbox_pg_name_problem(n->table) != NULL) {
+        char shown[96];
+        const char *bad = outbox_pg_name_problem(n->schema) != NULL ? n->schema : n->table;
+
+        outbox_escape(shown, sizeof(shown), bad, strlen(bad), OUTBOX_ESCAPE_BACKSLASH);
+        snprintf(err, errlen, "%s name \"%s\" %s", bad == n->schema ? "schema" : "table", shown,
+                 outbox_pg_name_problem(bad));
         return OUTBOX_ERR_CONFIG;
     }
     n->qschema = outbox_pg_quote_ident(n->schema);

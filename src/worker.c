@@ -224,7 +224,7 @@ warn_cb(void *arg, const char *text)
 static int
 connect_all(worker_t *w)
 {
-    char err[2048]; /* a schema check names every object missing */
+    char err[8192]; /* a schema check names every object missing */
     int rc;
     bool relay = w->spec->role == OUTBOX_ROLE_RELAY;
 
@@ -326,6 +326,18 @@ connect_all(worker_t *w)
     return 0;
 }
 
+/* The next wake-up connection attempt: capped exponential backoff, reset
+ * once the listener has armed. */
+static void
+waker_backoff(worker_t *w)
+{
+    w->waker_backoff_ms = w->waker_backoff_ms == 0 ? CONNECT_BACKOFF_MIN_MS
+                          : w->waker_backoff_ms * 2 > CONNECT_BACKOFF_MAX_MS
+                              ? CONNECT_BACKOFF_MAX_MS
+                              : w->waker_backoff_ms * 2;
+    w->waker_retry_at = now_ms() + w->waker_backoff_ms;
+}
+
 /* The wake-up connection: (re)made with capped backoff; on success one
  * claim pass runs at once, since notifications sent meanwhile are gone. */
 static void
@@ -348,17 +360,11 @@ waker_connect(worker_t *w)
         if (!w->waker_down)
             log_warn("wake-up connection failed (polling until it is back): %s", err);
         w->waker_down = true;
-        w->waker_backoff_ms = w->waker_backoff_ms == 0 ? CONNECT_BACKOFF_MIN_MS
-                              : w->waker_backoff_ms * 2 > CONNECT_BACKOFF_MAX_MS
-                                  ? CONNECT_BACKOFF_MAX_MS
-                                  : w->waker_backoff_ms * 2;
-        w->waker_retry_at = t + w->waker_backoff_ms;
+        waker_backoff(w);
         return;
     }
-    w->waker_backoff_ms = 0;
-    if (w->waker_down)
-        log_info("wake-up connection back");
-    w->waker_down = false;
+    /* "back" (and the backoff reset) once it has armed: a connection that
+     * fails at once (its table dropped, say) must not cycle every 250 ms */
     if (w->d != NULL)
         outbox_dispatcher_wake(w->d);
 }
@@ -372,7 +378,7 @@ waker_drop(worker_t *w, const char *why)
     w->waker_down = true;
     outbox_pg_waker_destroy(w->waker);
     w->waker = NULL;
-    w->waker_retry_at = now_ms() + CONNECT_BACKOFF_MIN_MS;
+    waker_backoff(w);
 }
 
 /* After a pass: idle -> arm (then one more pass, so a row committed just
@@ -398,6 +404,10 @@ waker_update(worker_t *w)
             return false;
         }
         w->waker_armed_at = t;
+        w->waker_backoff_ms = 0;
+        if (w->waker_down)
+            log_info("wake-up connection back");
+        w->waker_down = false;
         if (was)
             return false;
         outbox_dispatcher_wake(w->d);

@@ -116,6 +116,12 @@ typedef struct outbox_pg_options {
 int outbox_pg_store_create(outbox_store_t **out, const outbox_pg_options_t *opt, char *err,
                            size_t errlen);
 
+/* NULL when name can be the schema or table name, else why not: any
+ * identifier PostgreSQL takes goes (it is quoted), but for '$' (outbox's
+ * functions are dollar-quoted), control characters and bytes that are not
+ * UTF-8. */
+const char *outbox_pg_name_problem(const char *name);
+
 /* Install or upgrade the schema to OUTBOX_SCHEMA_VERSION, idempotent and safe
  * to run concurrently (advisory lock). from and to report the versions.
  * OUTBOX_ERR_SCHEMA when <table>_migrations records a version but the table

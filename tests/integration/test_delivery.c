@@ -454,7 +454,7 @@ test_row_text_is_printed_escaped(void **state)
     /* already dead, control characters in every text column and the body */
     th_exec(pg,
             "INSERT INTO outbox (id, topic, msg_key, headers, body, state, processed_on,"
-            " last_error) VALUES (gen_random_uuid(), E'%s.d\\x1b]0;title\\x07',"
+            " last_error) VALUES (gen_random_uuid(), E'%s.d\\x1b]0;title\\x07\\u009b\\u202e',"
             " E'key\\x1b[31m', E'{\"h\": \"v\\\\u001b\"}',"
             " E'body\\\\033[2Jmore\\\\012\\\\377', 2, now(), E'why\\x1b[5m\\r')",
             c.prefix);
@@ -486,13 +486,20 @@ test_row_text_is_printed_escaped(void **state)
             fail_msg("dead list printed a raw 0x%02x:\n%s", (unsigned char)*p, out);
     free(out);
     assert_int_equal(outboxd(&c, &out, "dead", "show", id, NULL, NULL), 0);
-    assert_non_null(strstr(out, ".d\\x1b]0;title\\x07"));
+    assert_non_null(strstr(out, ".d\\x1b]0;title\\x07\\u009b\\u202e"));
     assert_non_null(strstr(out, "key\\x1b[31m"));
     assert_non_null(strstr(out, "{\"h\": \"v\\u001b\"}")); /* JSON: its own escape, once */
     assert_non_null(strstr(out, "body\\x1b[2Jmore\\n\\xff"));
     for (p = out; *p != '\0'; p++)
         if ((unsigned char)*p < ' ' && *p != '\n')
             fail_msg("dead show printed a raw 0x%02x:\n%s", (unsigned char)*p, out);
+    free(out);
+    /* JSON: the exact text, every character past ASCII as \uXXXX */
+    assert_int_equal(outboxd(&c, &out, "dead", "show", id, "--json", NULL), 0);
+    assert_non_null(strstr(out, "title\\u0007\\u009B\\u202E"));
+    for (p = out; *p != '\0'; p++)
+        if ((unsigned char)*p >= 0x80 || ((unsigned char)*p < ' ' && *p != '\n'))
+            fail_msg("dead show --json printed a raw 0x%02x:\n%s", (unsigned char)*p, out);
     free(out);
     PQfinish(pg);
     pool_close(&c);

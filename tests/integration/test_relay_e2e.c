@@ -659,12 +659,17 @@ test_migrate_refuses_dropped_table(void **state)
             {"ALTER TABLE outbox DISABLE TRIGGER outbox_guard",
              "trigger \"outbox_guard\" is disabled"},
             {"DROP TRIGGER outbox_guard ON outbox", "trigger \"outbox_guard\" is missing"},
+            {"ALTER TABLE outbox ENABLE REPLICA TRIGGER outbox_guard",
+             "trigger \"outbox_guard\" is enabled for replicas only"},
+            {"DELETE FROM outbox_migrations WHERE version = 2",
+             "records only version 1 (rows deleted by hand?)"},
             {"DROP FUNCTION outbox_guard() CASCADE",
              "\"public\".\"outbox_guard\"() is missing; trigger \"outbox_guard\" is missing"},
             {"DROP TABLE outbox_migrations",
-             "table \"public\".\"outbox\" exists but \"public\".\"outbox_migrations\""},
+             "\"public\".\"outbox_migrations\" records none (dropped by hand?)"},
             {"DROP TRIGGER outbox_guard ON outbox; DROP TABLE outbox_migrations",
-             "\"public\".\"outbox_migrations\", which records its schema version, does not"},
+             "records none (dropped by hand?), so migrate cannot tell what to apply; also trigger "
+             "\"outbox_guard\" is missing"},
             {"DROP SEQUENCE outbox_idle; DROP TABLE outbox_listeners",
              "\"public\".\"outbox_listeners\", \"public\".\"outbox_idle\" are missing"},
             {"DROP FUNCTION outbox_enqueue; DROP FUNCTION outbox_invalid_why; DROP INDEX "
@@ -698,6 +703,20 @@ test_migrate_refuses_dropped_table(void **state)
                                              "'kept.%%'"),
                              5);
             assert_int_equal(th_query_ll(pg, "SELECT max(version) FROM outbox_migrations"), 2);
+        }
+        /* a table of another application is named as such by both */
+        th_exec(pg, "CREATE TABLE notob (id int, crashes int)");
+        {
+            char *other[] = {bin, "migrate", "--db", db, "--table", "notob", NULL};
+            char *other_repair[] = {bin, "migrate", "--repair", "--db",
+                                    db,  "--table", "notob",    NULL};
+
+            assert_int_equal(th_run(other, &out, 30000), 1);
+            assert_non_null(strstr(out, "it is not an outbox table"));
+            free(out);
+            assert_int_equal(th_run(other_repair, &out, 30000), 1);
+            assert_non_null(strstr(out, "it is not an outbox table"));
+            free(out);
         }
         /* repair on a healthy schema changes nothing; without the table it refuses */
         assert_int_equal(th_run(repair, &out, 30000), 0);

@@ -137,7 +137,7 @@ static void
 test_migrate_odd_names(void **state)
 {
     fx_t *f = *state;
-    const char *schema = "my \"odd\" schema", *table = "Odd \"Tbl\"; x";
+    const char *schema = "my \"odd\" schema", *table = "Odd \"Tbl\"; x'y\\z";
     outbox_header_t h = {"X-Kind", "odd"};
     outbox_message_t m = {"odd.subject", "k", &h, 1, "b", 1};
     outbox_store_t *s;
@@ -147,14 +147,14 @@ test_migrate_odd_names(void **state)
     migrate(f->ci, schema, table, 0);
     migrate(f->ci, schema, table, OUTBOX_SCHEMA_VERSION);
     assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM \"my \"\"odd\"\" schema\"."
-                                       "\"Odd \"\"Tbl\"\"; x_migrations\""),
+                                       "\"Odd \"\"Tbl\"\"; x'y\\z_migrations\""),
                      OUTBOX_SCHEMA_VERSION);
     /* Producer, SQL function and relay all find the quoted table. */
     th_exec(f->c, "BEGIN");
     if (outbox_enqueue((struct pg_conn *)f->c, schema, table, &m, id, err, sizeof(err)) !=
         OUTBOX_OK)
         fail_msg("enqueue: %s", err);
-    th_exec(f->c, "SELECT \"my \"\"odd\"\" schema\".\"Odd \"\"Tbl\"\"; x_enqueue\"('odd.two', "
+    th_exec(f->c, "SELECT \"my \"\"odd\"\" schema\".\"Odd \"\"Tbl\"\"; x'y\\z_enqueue\"('odd.two', "
                   "NULL, NULL, '\\x01')");
     th_exec(f->c, "COMMIT");
     s = store(f->ci, schema, table);
@@ -167,10 +167,14 @@ test_migrate_odd_names(void **state)
     assert_int_equal(th_query_ll(f->c, "SELECT count(*) FROM outbox"), 0);
     /* The printed script is what a DBA would run: it quotes the same way. */
     assert_int_equal(outbox_pg_migration_sql(schema, table, 1, &sql), OUTBOX_OK);
-    assert_non_null(strstr(sql, "\"my \"\"odd\"\" schema\".\"Odd \"\"Tbl\"\"; x\""));
+    assert_non_null(strstr(sql, "\"my \"\"odd\"\" schema\".\"Odd \"\"Tbl\"\"; x'y\\z\""));
     assert_non_null(strstr(sql, "COMMIT;"));
     free(sql);
     assert_int_equal(outbox_pg_migration_sql(NULL, NULL, 0, &sql), OUTBOX_ERR_CONFIG);
+    /* '$' would end the functions' dollar quotes: refused, as are control characters */
+    assert_int_equal(outbox_pg_migration_sql(NULL, "a$fn$b", 1, &sql), OUTBOX_ERR_CONFIG);
+    assert_int_equal(outbox_pg_migration_sql(NULL, "a\x1b[2J", 1, &sql), OUTBOX_ERR_CONFIG);
+    assert_int_equal(outbox_pg_migration_sql("s\xc2\x9b", NULL, 1, &sql), OUTBOX_ERR_CONFIG);
     assert_int_equal(outbox_pg_migration_sql(NULL, NULL, OUTBOX_SCHEMA_VERSION + 1, &sql),
                      OUTBOX_ERR_CONFIG);
 }

@@ -253,6 +253,25 @@ test_redaction(void **state)
         outbox_config_redact(cases[i].in, out, sizeof(out));
         assert_string_equal(out, cases[i].out);
     }
+    /* outboxd config shows what it was given, escaped: no raw ESC or C1 */
+    {
+        outbox_config_t cfg;
+        char *k[1] = {"db"}, *v[1] = {"host=x dbname=\x1b[31m"};
+        char err[256], *text = NULL;
+        size_t len = 0, j;
+        FILE *f = open_memstream(&text, &len);
+
+        assert_non_null(f);
+        assert_int_equal(outbox_config_load(&cfg, NULL, k, v, 1, err, sizeof(err)), OUTBOX_OK);
+        outbox_config_dump(&cfg, f);
+        fclose(f);
+        assert_non_null(strstr(text, "dbname=\\x1b[31m"));
+        for (j = 0; j < len; j++)
+            if ((unsigned char)text[j] == 0x1b)
+                fail_msg("a raw ESC in the dump:\n%s", text);
+        free(text);
+        outbox_config_free(&cfg);
+    }
 }
 
 /* The supervisor hands workers its configuration as serialize() text:
