@@ -33,7 +33,8 @@ enum rec_state {
     REC_IDLE = 0, /* not (yet) handed to cnats */
     REC_WAITING,  /* published, PubAck outstanding: only the ack thread may set res */
     REC_DONE,
-    REC_NO_RESPONDERS /* done, but "no responders": is a stream there? (probe_streams) */
+    REC_NO_RESPONDERS, /* done, but "no responders": is a stream there? (probe_streams) */
+    REC_NO_ACK         /* done, no PubAck came: is a stream there? (probe_streams) */
 };
 
 typedef struct ack_slot {
@@ -523,9 +524,11 @@ stream_captures(nats_broker_t *nb, const char *subject, char *name, size_t len, 
  * JetStream says no stream captures it, that is the record's problem (left
  * charged, as on_ack set it); if one does, that stream is starting or has
  * no leader (deferred, uncharged); if JetStream does not answer at all, it
- * is an outage (not sent). Returns true for the outage. Asks about
- * PROBE_MAX subjects at most; records of further subjects are deferred
- * and asked about next time.
+ * is an outage (not sent). Records that got no PubAck at all are asked
+ * about too: with no stream, something else took them (a plain
+ * subscriber), the record's problem, charged; else as set after the wait. Returns true for the
+ * outage. Asks about PROBE_MAX subjects at most; records of further subjects are deferred and asked
+ * about next time.
  */
 static bool
 probe_streams(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_result_t *res,
@@ -540,7 +543,9 @@ probe_streams(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_p
         const char *subj = nb->dead_subject != NULL ? nb->dead_subject : recs[i].msg.topic;
         int v = 1;
 
-        if (nb->state[i] != REC_NO_RESPONDERS)
+        bool no_ack = nb->state[i] == REC_NO_ACK;
+
+        if (nb->state[i] != REC_NO_RESPONDERS && !no_ack)
             continue;
         nb->state[i] = REC_DONE;
         for (j = 0; j < nasked && strcmp(asked[j], subj) != 0; j++)
@@ -558,7 +563,18 @@ probe_streams(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_p
         } else {
             j = SIZE_MAX; /* PROBE_MAX subjects asked already */
         }
-        if (v < 0) {
+        if (no_ack && v == 0) {
+            /* no stream, and something took the message without a
+             * PubAck (a plain subscriber): the record's problem, charged */
+            set_res(&res[i], OUTBOX_PUB_TRANSIENT, false,
+                    "no JetStream stream captures subject '%.150s' (no PubAck came; a plain "
+                    "subscriber may have taken it)",
+                    subj);
+        } else if (no_ack) {
+            /* a stream is there or JetStream is silent: as set after the wait */
+            if (v < 0)
+                down = true;
+        } else if (v < 0) {
             down = true;
             set_res(&res[i], OUTBOX_PUB_NOT_SENT, false,
                     "no responders on subject '%.100s', and JetStream does not answer: %.80s", subj,
@@ -668,11 +684,10 @@ publish_js(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_
             set_res(&res[i], OUTBOX_PUB_DEFERRED, false,
                     "no PubAck within %lld ms (other records of the batch were answered)",
                     (long long)nb->timeout_ms);
-        nb->state[i] = REC_DONE;
+        /* asked below whether a stream captures the subject at all */
+        nb->state[i] = down ? REC_DONE : REC_NO_ACK;
         left++;
     }
-    if (silent)
-        down = true;
     nb->active = false;
     nb->waiting = 0;
     nb->res = NULL;
@@ -691,6 +706,10 @@ publish_js(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_
     }
     if (probe_streams(nb, recs, n, res, down))
         down = true;
+    /* A silent batch is an outage unless every record of it turned out to
+     * have no stream (its own problem, charged above). */
+    for (i = 0; silent && !down && i < n; i++)
+        down = res[i].status == OUTBOX_PUB_NOT_SENT;
     summarize(nb, n, res, down);
     count_reconnects(nb);
     if (!down)

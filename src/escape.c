@@ -48,16 +48,17 @@ code_point(const unsigned char *s, size_t n)
 }
 
 /* C1 controls (U+0080-U+009F: U+009B is the 8-bit CSI some terminals obey)
- * and the invisible characters that reorder or hide text (zero-width,
- * bidirectional overrides and isolates, BOM): shown as \uXXXX. */
+ * and the invisible characters that break lines, reorder or hide text
+ * (line and paragraph separators, zero-width, bidirectional marks,
+ * overrides and isolates, BOM, tags): shown as \uXXXX. */
 static int
 invisible(const unsigned char *s, size_t n)
 {
     unsigned cp = code_point(s, n);
 
-    return (cp >= 0x80 && cp <= 0x9F) || (cp >= 0x200B && cp <= 0x200F) ||
-           (cp >= 0x202A && cp <= 0x202E) || (cp >= 0x2060 && cp <= 0x2064) ||
-           (cp >= 0x2066 && cp <= 0x2069) || cp == 0xFEFF;
+    return (cp >= 0x80 && cp <= 0x9F) || cp == 0x061C || (cp >= 0x200B && cp <= 0x200F) ||
+           (cp >= 0x2028 && cp <= 0x202E) || (cp >= 0x2060 && cp <= 0x2064) ||
+           (cp >= 0x2066 && cp <= 0x2069) || cp == 0xFEFF || (cp >= 0xE0000 && cp <= 0xE007F);
 }
 
 size_t
@@ -69,7 +70,7 @@ outbox_escape(char *dst, size_t dstlen, const char *src, size_t len, unsigned fl
     if (dstlen == 0)
         return 0;
     while (i < len) {
-        char esc[8];
+        char esc[12];
         const char *put = esc;
         size_t n = 1, take = 1;
 

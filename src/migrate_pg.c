@@ -631,6 +631,7 @@ typedef struct installed {
     char columns[512]; /* those it lacks */
     char trigger;      /* pg_trigger.tgenabled of the guard, '-' when missing */
     int version;       /* recorded, 0 if none */
+    int nversions;     /* rows recorded: fewer than version when some were deleted */
     int nmissing;      /* of objects_rel and objects_fn */
     char missing[4096];
 } installed_t;
@@ -647,7 +648,8 @@ read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err
 {
     sbuf_t b = {0}, tg = {0}, rels = {0}, fns = {0};
     PGresult *res = NULL;
-    const char *params[6];
+    const char *params[7];
+    sbuf_t gfn = {0};
     size_t i;
     int rc;
 
@@ -684,20 +686,25 @@ read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err
     params[3] = rels.p;
     params[4] = fns.p;
     params[5] = table_columns;
+    expand(&gfn, n, "@q:_guard@()");
+    params[6] = gfn.nomem ? "" : gfn.p;
     if ((rc = run(c, "schema check",
                   "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL,"
                   " (SELECT array_to_string(array_agg(a), ', ') FROM"
                   " jsonb_array_elements_text($6::jsonb) a WHERE NOT EXISTS (SELECT 1 FROM"
                   " pg_attribute WHERE attrelid = to_regclass($2) AND attname = a"
                   " AND NOT attisdropped)),"
-                  " coalesce((SELECT tgenabled FROM pg_trigger WHERE tgrelid = to_regclass($2)"
-                  " AND '\"' || replace(tgname, '\"', '\"\"') || '\"' = $3), '-'),"
+                  /* the guard: BEFORE INSERT OR UPDATE, FOR EACH ROW (tgtype 23),
+                   * calling <table>_guard(); any other trigger of its name is 'X' */
+                  " coalesce((SELECT CASE WHEN tgfoid = to_regprocedure($7) AND tgtype = 23"
+                  " THEN tgenabled::text ELSE 'X' END FROM pg_trigger WHERE tgrelid ="
+                  " to_regclass($2) AND '\"' || replace(tgname, '\"', '\"\"') || '\"' = $3), '-'),"
                   " array_to_string(m, ', '), cardinality(m) FROM (SELECT"
                   " ARRAY(SELECT o FROM jsonb_array_elements_text($4::jsonb) o"
                   " WHERE to_regclass(o) IS NULL) || ARRAY(SELECT o FROM"
                   " jsonb_array_elements_text($5::jsonb) o WHERE to_regprocedure(o) IS NULL)"
                   " AS m) x",
-                  6, params, &res, err, errlen)) != OUTBOX_OK)
+                  7, params, &res, err, errlen)) != OUTBOX_OK)
         goto done;
     in->recorded = PQgetvalue(res, 0, 0)[0] == 't';
     in->table = PQgetvalue(res, 0, 1)[0] == 't';
@@ -711,7 +718,8 @@ read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err
     PQclear(res);
     res = NULL;
     if (in->recorded) {
-        expand(&b, n, "SELECT coalesce(max(version), 0) FROM @q:_migrations@");
+        expand(&b, n,
+               "SELECT coalesce(max(version), 0), count(DISTINCT version) FROM @q:_migrations@");
         if (b.nomem) {
             rc = OUTBOX_ERR_NOMEM;
             goto done;
@@ -719,11 +727,13 @@ read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err
         if ((rc = run(c, "read migrations", b.p, 0, NULL, &res, err, errlen)) != OUTBOX_OK)
             goto done;
         in->version = atoi(PQgetvalue(res, 0, 0));
+        in->nversions = atoi(PQgetvalue(res, 0, 1));
     }
 done:
     PQclear(res);
     free(b.p);
     free(tg.p);
+    free(gfn.p);
     free(rels.p);
     free(fns.p);
     return rc;
@@ -762,6 +772,11 @@ check_installed(PGconn *c, const outbox_pg_names_t *n, char *err, size_t errlen)
                      "table %s is missing but objects of an earlier install are there; to "
                      "install it empty, drop them and run `outboxd migrate` again: %s",
                      n->qtable, b.nomem ? "" : b.p);
+    } else if (in.version > NMIGRATIONS) {
+        snprintf(err, errlen,
+                 "%s records schema version %d, newer than this build's %d: use the outboxd that "
+                 "installed it",
+                 n->qmigrations, in.version, NMIGRATIONS);
     } else if (!in.table) {
         rc = OUTBOX_OK; /* a first install */
     } else if (in.ncolumns < NCOLUMNS && (!in.recorded || in.version >= NMIGRATIONS)) {
@@ -770,10 +785,11 @@ check_installed(PGconn *c, const outbox_pg_names_t *n, char *err, size_t errlen)
                  in.recorded ? "columns dropped by hand cannot be repaired; reinstall it"
                              : "it is not an outbox table outboxd installed; set `table` to "
                                "another name");
-    } else if (in.recorded && in.version < NMIGRATIONS && in.ncolumns < NCOLUMNS) {
+    } else if (in.recorded && in.version < NMIGRATIONS && in.ncolumns < NCOLUMNS &&
+               in.nversions == in.version) {
         rc = OUTBOX_OK; /* versions to apply */
-    } else if (!in.recorded || in.version < NMIGRATIONS || in.nmissing > 0 ||
-               (in.trigger != 'O' && in.trigger != 'A')) {
+    } else if (!in.recorded || in.version < NMIGRATIONS || in.nversions != in.version ||
+               in.nmissing > 0 || (in.trigger != 'O' && in.trigger != 'A')) {
         char v[64] = "none", trig[200] = "";
 
         /* 'O' and 'A' fire in every session; 'R' only where
@@ -785,11 +801,14 @@ check_installed(PGconn *c, const outbox_pg_names_t *n, char *err, size_t errlen)
                      in.nmissing > 0 ? "; " : "", "@n:_guard@",
                      in.trigger == 'D'   ? "disabled"
                      : in.trigger == 'R' ? "enabled for replicas only (ENABLE REPLICA)"
+                     : in.trigger == 'X' ? "not the guard (another timing or function)"
                                          : "missing");
         expand(&b, n, trig);
         if (in.recorded && in.version > 0)
             snprintf(v, sizeof(v), "only version %d", in.version);
-        if (!in.recorded || in.version < NMIGRATIONS)
+        if (in.recorded && in.nversions != in.version)
+            snprintf(v, sizeof(v), "%d of versions 1 to %d", in.nversions, in.version);
+        if (!in.recorded || in.version < NMIGRATIONS || in.nversions != in.version)
             snprintf(err, errlen,
                      "table %s has the columns of schema version %d but %s records %s (%s by "
                      "hand?), so migrate cannot tell what to apply%s%s%s%s: `outboxd migrate "

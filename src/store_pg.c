@@ -416,6 +416,14 @@ open_conn(pg_store_t *s)
         res = PQprepare(s->conn, stmts[i].name, s->sql[i], stmts[i].nparams, stmts[i].types);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             rc = failed(s, stmts[i].name, res);
+            if (rc == OUTBOX_ERR_SCHEMA) {
+                /* an object of the schema dropped by hand */
+                size_t n = strlen(s->base.err);
+
+                snprintf(s->base.err + n, sizeof(s->base.err) - n,
+                         "; the schema was changed by hand? `outboxd migrate` names what is "
+                         "missing, `outboxd migrate --repair` creates it again");
+            }
             goto done;
         }
         PQclear(res);

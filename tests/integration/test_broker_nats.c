@@ -66,8 +66,10 @@ broker(outbox_nats_mode_t mode, const char *url, int64_t timeout_ms)
     return b;
 }
 
+/* no_ack: the stream stores messages without answering (a stream that
+ * captures the subject yet gives no PubAck, as when a reply is lost) */
 static void
-stream_create(const char *name, const char *subject, int32_t max_msg_size)
+stream_make(const char *name, const char *subject, int32_t max_msg_size, bool no_ack)
 {
     jsStreamConfig cfg;
     jsStreamInfo *si = NULL;
@@ -82,10 +84,17 @@ stream_create(const char *name, const char *subject, int32_t max_msg_size)
     cfg.Storage = js_MemoryStorage;
     if (max_msg_size > 0)
         cfg.MaxMsgSize = max_msg_size;
+    cfg.NoAck = no_ack;
     s = js_AddStream(&si, admin_js, &cfg, NULL, &jerr);
     if (s != NATS_OK)
         fail_msg("js_AddStream(%s): %s (%d)", name, natsStatus_GetText(s), (int)jerr);
     jsStreamInfo_Destroy(si);
+}
+
+static void
+stream_create(const char *name, const char *subject, int32_t max_msg_size)
+{
+    stream_make(name, subject, max_msg_size, false);
 }
 
 static uint64_t
@@ -491,6 +500,35 @@ answer_empty(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *clos
 /* A service (not a stream) answering on the subject with an empty JSON
  * object: cnats takes it for a PubAck, the relay must not, or the record
  * would be marked DELIVERED with no stream holding it. */
+/* A plain subscriber takes the message and never answers, and no stream
+ * captures the subject: the record's problem, charged (so max_attempts
+ * ends it), not an outage retried for ever. The batch is not "down". */
+static void
+test_js_silent_subscriber_without_stream_is_charged(void **state)
+{
+    char topic[80];
+    outbox_record_t rec;
+    outbox_pub_result_t res;
+    natsConnection *nc = NULL;
+    natsSubscription *sub = NULL;
+    outbox_broker_t *b;
+
+    (void)state;
+    th_unique(topic, sizeof(topic), "silentsub");
+    strcat(topic, ".x");
+    assert_int_equal(natsConnection_ConnectTo(&nc, env.nats_url), NATS_OK);
+    assert_int_equal(natsConnection_SubscribeSync(&sub, nc, topic), NATS_OK);
+    assert_int_equal(natsConnection_Flush(nc), NATS_OK);
+    rec_init(&rec, topic, NULL, NULL, 0, "x", 1);
+    b = broker(OUTBOX_NATS_JETSTREAM, env.nats_url, 1000);
+    assert_int_equal(outbox_broker_publish(b, &rec, 1, &res), OUTBOX_OK);
+    assert_int_equal(res.status, OUTBOX_PUB_TRANSIENT);
+    assert_non_null(strstr(res.error, "no JetStream stream captures subject"));
+    outbox_broker_destroy(b);
+    natsSubscription_Destroy(sub);
+    natsConnection_Destroy(nc);
+}
+
 static void
 test_js_reply_without_stream_is_not_delivered(void **state)
 {
@@ -523,7 +561,6 @@ static void
 test_js_silent_batch_is_not_charged(void **state)
 {
     char tok[64], topic[80];
-    natsSubscription *sub = NULL;
     outbox_record_t recs[2];
     outbox_pub_result_t res[2];
     outbox_broker_t *b;
@@ -531,9 +568,8 @@ test_js_silent_batch_is_not_charged(void **state)
     (void)state;
     th_unique(tok, sizeof(tok), "mute");
     snprintf(topic, sizeof(topic), "%s.x", tok);
-    /* a subscriber that never answers: the request gets no reply at all */
-    assert_int_equal(natsConnection_SubscribeSync(&sub, admin_nc, topic), NATS_OK);
-    assert_int_equal(natsConnection_Flush(admin_nc), NATS_OK);
+    /* a stream captures the subject but never answers: no reply at all */
+    stream_make(tok, topic, 0, true);
     rec_init(&recs[0], topic, NULL, NULL, 0, "a", 1);
     rec_init(&recs[1], topic, NULL, NULL, 0, "b", 1);
     b = broker(OUTBOX_NATS_JETSTREAM, env.nats_url, 400);
@@ -542,7 +578,7 @@ test_js_silent_batch_is_not_charged(void **state)
     assert_int_equal(res[1].status, OUTBOX_PUB_NOT_SENT);
     assert_non_null(strstr(res[0].error, "not answering"));
     outbox_broker_destroy(b);
-    natsSubscription_Destroy(sub);
+    stream_delete(tok);
 }
 
 static void
@@ -578,15 +614,15 @@ test_js_no_stream_is_transient_and_fast(void **state)
     stream_delete(stream);
 }
 
-/* A plain subscriber on the subject (no stream) means the server has a
- * responder, so no 503 comes back and no PubAck either: the batch must end
- * at publish_timeout, the unanswered records DEFERRED (no verdict on them:
- * not charged, unlike a stream's refusal), and the broker stay usable. */
+/* A stream that captures the subject but gives no PubAck (a reply lost in
+ * a reconnect, a stream stalling; here a no_ack stream) while other
+ * records of the batch are answered: the batch ends at publish_timeout,
+ * the unanswered records DEFERRED (no verdict on them: not charged, unlike
+ * a stream's refusal), and the broker stays usable. */
 static void
 test_js_missing_puback_is_deferred(void **state)
 {
     char tok[64], topic[80], stream[64], subj[64], ok_topic[80];
-    natsSubscription *sub = NULL;
     outbox_record_t recs[3];
     outbox_pub_result_t res[3];
     outbox_broker_t *b;
@@ -595,8 +631,7 @@ test_js_missing_puback_is_deferred(void **state)
     (void)state;
     th_unique(tok, sizeof(tok), "silent");
     snprintf(topic, sizeof(topic), "%s.x", tok);
-    assert_int_equal(natsConnection_SubscribeSync(&sub, admin_nc, topic), NATS_OK);
-    assert_int_equal(natsConnection_Flush(admin_nc), NATS_OK);
+    stream_make(tok, topic, 0, true); /* captures it, never answers */
     th_unique(stream, sizeof(stream), "bn");
     snprintf(subj, sizeof(subj), "%s.>", stream);
     snprintf(ok_topic, sizeof(ok_topic), "%s.y", stream);
@@ -624,8 +659,8 @@ test_js_missing_puback_is_deferred(void **state)
     assert_all_ok(res, 1, false);
     assert_true(th_now_ms() - t0 < 350);
     outbox_broker_destroy(b);
-    natsSubscription_Destroy(sub);
     stream_delete(stream);
+    stream_delete(tok);
 }
 
 static void
@@ -1034,6 +1069,7 @@ main(void)
         cmocka_unit_test(test_reserved_header_and_bad_subject_are_permanent),
         cmocka_unit_test(test_js_no_stream_is_transient_and_fast),
         cmocka_unit_test(test_js_reply_without_stream_is_not_delivered),
+        cmocka_unit_test(test_js_silent_subscriber_without_stream_is_charged),
         cmocka_unit_test(test_js_silent_batch_is_not_charged),
         cmocka_unit_test(test_js_missing_puback_is_deferred),
         cmocka_unit_test(test_create_unreachable_quickly_without_credentials),

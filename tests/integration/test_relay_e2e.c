@@ -674,6 +674,11 @@ test_migrate_refuses_dropped_table(void **state)
              "trigger \"outbox_guard\" is enabled for replicas only"},
             {"DELETE FROM outbox_migrations WHERE version = 2",
              "records only version 1 (rows deleted by hand?)"},
+            {"DELETE FROM outbox_migrations WHERE version = 1",
+             "records 1 of versions 1 to 2 (rows deleted by hand?)"},
+            {"DROP TRIGGER outbox_guard ON outbox; CREATE TRIGGER outbox_guard AFTER DELETE ON "
+             "outbox FOR EACH ROW EXECUTE FUNCTION outbox_guard()",
+             "trigger \"outbox_guard\" is not the guard"},
             {"DROP FUNCTION outbox_guard() CASCADE",
              "\"public\".\"outbox_guard\"() is missing; trigger \"outbox_guard\" is missing"},
             {"DROP TABLE outbox_migrations",
@@ -711,6 +716,11 @@ test_migrate_refuses_dropped_table(void **state)
                              5);
             assert_int_equal(th_query_ll(pg, "SELECT max(version) FROM outbox_migrations"), 2);
         }
+        /* a version newer than this build's: neither migrates nor repairs */
+        th_exec(pg, "INSERT INTO outbox_migrations VALUES (3, 'from a newer build')");
+        run_says(argv, 1, "records schema version 3, newer than this build's 2");
+        run_says(repair, 1, "newer than this build's 2");
+        th_exec(pg, "DELETE FROM outbox_migrations WHERE version = 3");
         /* a table of another application is named as such by both */
         th_exec(pg, "CREATE TABLE notob (id int, crashes int)");
         {

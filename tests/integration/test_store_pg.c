@@ -295,6 +295,11 @@ test_create_errors(void **state)
     o.schema = NULL;
     assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_SCHEMA);
     th_exec(f->c, "DELETE FROM outbox_migrations WHERE version > %d", OUTBOX_SCHEMA_VERSION);
+    /* An object its statements use dropped by hand: the error names the fix. */
+    th_exec(f->c, "ALTER TABLE outbox_listeners RENAME TO outbox_listeners_away");
+    assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_SCHEMA);
+    assert_non_null(strstr(err, "outboxd migrate --repair"));
+    th_exec(f->c, "ALTER TABLE outbox_listeners_away RENAME TO outbox_listeners");
     /* Bad names. */
     o.table = "";
     assert_int_equal(outbox_pg_store_create(&s, &o, err, sizeof(err)), OUTBOX_ERR_CONFIG);

@@ -331,6 +331,10 @@ test_escape(void **state)
         {"\xef\xbb\xbf"
          "x\xc2\xa0",
          6, 0, "\\ufeffx\xc2\xa0"}, /* BOM; NBSP is visible */
+        {"\xe2\x80\xa8"
+         "\xd8\x9c"
+         "\xf3\xa0\x81\x81",
+         9, 0, "\\u2028\\u061c\\ue0041"}, /* LS, ALM, tag */
     };
     char out[64];
     size_t i;
