@@ -620,8 +620,9 @@ static const char *const objects_rel[] = {"@q:_listeners@", "@q:_idle@", "@schem
 static const char *const objects_fn[] = {
     "@q:_enqueue@(text, text, jsonb, bytea)", "@q:_invalid@(text, text, jsonb)",
     "@q:_invalid_why@(text, text, jsonb)", "@q:_escaped@(text)", "@q:_guard@()"};
-#define NOBJECTS                                                                                   \
-    (sizeof(objects_rel) / sizeof(objects_rel[0]) + sizeof(objects_fn) / sizeof(objects_fn[0]))
+#define NRELS (sizeof(objects_rel) / sizeof(objects_rel[0]))
+#define NFNS (sizeof(objects_fn) / sizeof(objects_fn[0]))
+#define NOBJECTS (NRELS + NFNS)
 
 /* What is installed of the latest version, read in one query. */
 typedef struct installed {
@@ -643,27 +644,20 @@ static const char table_columns[] =
     "\"last_attempt_on\", \"last_error\", \"next_attempt_at\", \"crashes\"]";
 #define NCOLUMNS 16
 
-static int
-read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err, size_t errlen)
+/* The templates, expanded, as a JSON array of strings: any character of a
+ * quoted name is safe in it. */
+static void
+json_names(sbuf_t *to, const outbox_pg_names_t *n, const char *const *tmpl, size_t count)
 {
-    sbuf_t b = {0}, tg = {0}, rels = {0}, fns = {0};
-    PGresult *res = NULL;
-    const char *params[7];
-    sbuf_t gfn = {0};
     size_t i;
-    int rc;
 
-    memset(in, 0, sizeof(*in));
-    /* names as JSON string arrays: any character of a quoted name is safe */
-    for (i = 0; i < NOBJECTS; i++) {
-        bool rel = i < sizeof(objects_rel) / sizeof(objects_rel[0]);
-        sbuf_t *to = rel ? &rels : &fns;
+    sb_add(to, "[");
+    for (i = 0; i < count; i++) {
         sbuf_t one = {0};
         const char *q;
 
-        expand(&one, n,
-               rel ? objects_rel[i] : objects_fn[i - sizeof(objects_rel) / sizeof(objects_rel[0])]);
-        sb_add(to, to->len == 0 ? "[\"" : ",\"");
+        expand(&one, n, tmpl[i]);
+        sb_add(to, i > 0 ? ",\"" : "\"");
         for (q = one.p; q != NULL && *q != '\0'; q++) {
             if (*q == '"' || *q == '\\')
                 sb_add(to, "\\");
@@ -673,10 +667,23 @@ read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err
         to->nomem |= one.nomem;
         free(one.p);
     }
-    sb_add(&rels, "]");
-    sb_add(&fns, "]");
+    sb_add(to, "]");
+}
+
+static int
+read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err, size_t errlen)
+{
+    sbuf_t b = {0}, tg = {0}, gfn = {0}, rels = {0}, fns = {0};
+    PGresult *res = NULL;
+    const char *params[7];
+    int rc;
+
+    memset(in, 0, sizeof(*in));
+    json_names(&rels, n, objects_rel, NRELS);
+    json_names(&fns, n, objects_fn, NFNS);
     expand(&tg, n, "@n:_guard@");
-    if (rels.nomem || fns.nomem || tg.nomem) {
+    expand(&gfn, n, "@q:_guard@()");
+    if (rels.nomem || fns.nomem || tg.nomem || gfn.nomem) {
         rc = OUTBOX_ERR_NOMEM;
         goto done;
     }
@@ -686,14 +693,10 @@ read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err
     params[3] = rels.p;
     params[4] = fns.p;
     params[5] = table_columns;
-    expand(&gfn, n, "@q:_guard@()");
-    params[6] = gfn.nomem ? "" : gfn.p;
+    params[6] = gfn.p;
     if ((rc = run(c, "schema check",
                   "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL,"
-                  " (SELECT array_to_string(array_agg(a), ', ') FROM"
-                  " jsonb_array_elements_text($6::jsonb) a WHERE NOT EXISTS (SELECT 1 FROM"
-                  " pg_attribute WHERE attrelid = to_regclass($2) AND attname = a"
-                  " AND NOT attisdropped)),"
+                  " array_to_string(cols, ', '), cardinality(cols),"
                   /* the guard: BEFORE INSERT OR UPDATE, FOR EACH ROW (tgtype 23),
                    * calling <table>_guard(); any other trigger of its name is 'X' */
                   " coalesce((SELECT CASE WHEN tgfoid = to_regprocedure($7) AND tgtype = 23"
@@ -703,18 +706,18 @@ read_installed(PGconn *c, const outbox_pg_names_t *n, installed_t *in, char *err
                   " ARRAY(SELECT o FROM jsonb_array_elements_text($4::jsonb) o"
                   " WHERE to_regclass(o) IS NULL) || ARRAY(SELECT o FROM"
                   " jsonb_array_elements_text($5::jsonb) o WHERE to_regprocedure(o) IS NULL)"
-                  " AS m) x",
+                  " AS m, ARRAY(SELECT a FROM jsonb_array_elements_text($6::jsonb) a"
+                  " WHERE NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid ="
+                  " to_regclass($2) AND attname = a AND NOT attisdropped)) AS cols) x",
                   7, params, &res, err, errlen)) != OUTBOX_OK)
         goto done;
     in->recorded = PQgetvalue(res, 0, 0)[0] == 't';
     in->table = PQgetvalue(res, 0, 1)[0] == 't';
     snprintf(in->columns, sizeof(in->columns), "%s", PQgetvalue(res, 0, 2));
-    in->ncolumns = NCOLUMNS;
-    for (i = 0; in->columns[0] != '\0' && i <= strlen(in->columns); i++)
-        in->ncolumns -= in->columns[i] == ',' || in->columns[i] == '\0';
-    in->trigger = PQgetvalue(res, 0, 3)[0];
-    snprintf(in->missing, sizeof(in->missing), "%s", PQgetvalue(res, 0, 4));
-    in->nmissing = atoi(PQgetvalue(res, 0, 5));
+    in->ncolumns = NCOLUMNS - atoi(PQgetvalue(res, 0, 3));
+    in->trigger = PQgetvalue(res, 0, 4)[0];
+    snprintf(in->missing, sizeof(in->missing), "%s", PQgetvalue(res, 0, 5));
+    in->nmissing = atoi(PQgetvalue(res, 0, 6));
     PQclear(res);
     res = NULL;
     if (in->recorded) {
@@ -752,12 +755,17 @@ done:
 static int
 check_installed(PGconn *c, const outbox_pg_names_t *n, char *err, size_t errlen)
 {
-    sbuf_t b = {0};
+    sbuf_t b = {0}, problems = {0};
     installed_t in;
+    bool trigger_off, versions_off;
     int rc;
 
     if ((rc = read_installed(c, n, &in, err, errlen)) != OUTBOX_OK)
         return rc;
+    /* 'O' and 'A' fire in every session; 'R' only where
+     * session_replication_role = replica, 'D' never; 'X' is another trigger */
+    trigger_off = in.trigger != 'O' && in.trigger != 'A';
+    versions_off = !in.recorded || in.version < NMIGRATIONS || in.nversions != in.version;
     rc = OUTBOX_ERR_SCHEMA;
     if (!in.table && (in.version > 0 || (size_t)in.nmissing < NOBJECTS)) {
         expand(&b, n, leftovers);
@@ -785,56 +793,47 @@ check_installed(PGconn *c, const outbox_pg_names_t *n, char *err, size_t errlen)
                  in.recorded ? "columns dropped by hand cannot be repaired; reinstall it"
                              : "it is not an outbox table outboxd installed; set `table` to "
                                "another name");
-    } else if (in.recorded && in.version < NMIGRATIONS && in.ncolumns < NCOLUMNS &&
-               in.nversions == in.version) {
-        rc = OUTBOX_OK; /* versions to apply */
-    } else if (!in.recorded || in.version < NMIGRATIONS || in.nversions != in.version ||
-               in.nmissing > 0 || (in.trigger != 'O' && in.trigger != 'A')) {
-        char v[64] = "none", trig[200] = "";
+    } else if (in.ncolumns < NCOLUMNS) {
+        rc = OUTBOX_OK; /* an earlier version: versions to apply */
+    } else if (versions_off || in.nmissing > 0 || trigger_off) {
+        char v[64] = "none";
 
-        /* 'O' and 'A' fire in every session; 'R' only where
-         * session_replication_role = replica, 'D' never */
-        if (in.trigger != 'O' && in.trigger != 'A')
-            snprintf(trig, sizeof(trig),
-                     "%strigger %s is %s (without it nothing is validated and idle relays are not "
-                     "woken)",
-                     in.nmissing > 0 ? "; " : "", "@n:_guard@",
-                     in.trigger == 'D'   ? "disabled"
-                     : in.trigger == 'R' ? "enabled for replicas only (ENABLE REPLICA)"
-                     : in.trigger == 'X' ? "not the guard (another timing or function)"
-                                         : "missing");
-        expand(&b, n, trig);
+        /* what is missing beside the versions: "A, B are missing; trigger T is off" */
+        sb_add(&problems, in.missing);
+        sb_add(&problems, in.nmissing > 1 ? " are missing" : in.nmissing == 1 ? " is missing" : "");
+        if (trigger_off) {
+            sb_add(&problems, in.nmissing > 0 ? "; trigger " : "trigger ");
+            expand(&problems, n, "@n:_guard@");
+            sb_add(&problems, in.trigger == 'D'   ? " is disabled"
+                              : in.trigger == 'R' ? " is enabled for replicas only (ENABLE REPLICA)"
+                              : in.trigger == 'X' ? " is not the guard (another timing or function)"
+                                                  : " is missing");
+            sb_add(&problems, " (without it nothing is validated and idle relays are not woken)");
+        }
         if (in.recorded && in.version > 0)
             snprintf(v, sizeof(v), "only version %d", in.version);
         if (in.recorded && in.nversions != in.version)
             snprintf(v, sizeof(v), "%d of versions 1 to %d", in.nversions, in.version);
-        if (!in.recorded || in.version < NMIGRATIONS || in.nversions != in.version)
+        if (versions_off)
             snprintf(err, errlen,
                      "table %s has the columns of schema version %d but %s records %s (%s by "
-                     "hand?), so migrate cannot tell what to apply%s%s%s%s: `outboxd migrate "
+                     "hand?), so migrate cannot tell what to apply%s%s: `outboxd migrate "
                      "--repair` records the versions and creates again what is missing (the "
                      "table and its rows are kept; --repair --print shows the SQL)",
                      n->qtable, NMIGRATIONS, n->qmigrations, v,
-                     in.recorded ? "rows deleted" : "dropped",
-                     in.nmissing > 0 || trig[0] != '\0' ? "; also " : "", in.missing,
-                     in.nmissing > 1    ? " are missing"
-                     : in.nmissing == 1 ? " is missing"
-                                        : "",
-                     b.nomem ? "" : b.p);
+                     in.recorded ? "rows deleted" : "dropped", problems.len > 0 ? "; also " : "",
+                     problems.nomem ? "" : problems.p);
         else
             snprintf(err, errlen,
-                     "%s records schema version %d of %s but %s%s%s (changed by hand?): `outboxd "
+                     "%s records schema version %d of %s but %s (changed by hand?): `outboxd "
                      "migrate --repair` creates again what is missing (the table and its rows are "
                      "kept; --repair --print shows the SQL)",
-                     n->qmigrations, in.version, n->qtable, in.missing,
-                     in.nmissing > 1    ? " are missing"
-                     : in.nmissing == 1 ? " is missing"
-                                        : "",
-                     b.nomem ? "" : b.p);
+                     n->qmigrations, in.version, n->qtable, problems.nomem ? "" : problems.p);
     } else {
         rc = OUTBOX_OK;
     }
     free(b.p);
+    free(problems.p);
     return rc;
 }
 
