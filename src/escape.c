@@ -123,7 +123,7 @@ outbox_fprintf_safe(FILE *f, const char *fmt, ...)
         vsnprintf(text, (size_t)n + 1, fmt, ap);
         va_end(ap);
     }
-    /* each byte becomes at most 6 ("\u202e" from 3, "\x01" from 1) */
+    /* at most 4 bytes out per byte in: "\x01" from 1, "\u202e" from 3 */
     if ((out = malloc(4 * (size_t)n + 1)) == NULL) {
         n = -1;
         goto done;
