@@ -85,6 +85,8 @@ int
 outbox_pg_names_init(outbox_pg_names_t *n, const char *schema, const char *table, char *err,
                      size_t errlen)
 {
+    const char *bad, *why;
+
     memset(n, 0, sizeof(*n));
     n->schema = schema != NULL ? schema : OUTBOX_PG_DEFAULT_SCHEMA;
     n->table = table != NULL ? table : OUTBOX_PG_DEFAULT_TABLE;
@@ -96,13 +98,15 @@ outbox_pg_names_init(outbox_pg_names_t *n, const char *schema, const char *table
         snprintf(err, errlen, "table name must be 1 to %d bytes", OUTBOX_PG_TABLE_MAX);
         return OUTBOX_ERR_CONFIG;
     }
-    if (outbox_pg_name_problem(n->schema) != NULL || outbox_pg_name_problem(n->table) != NULL) {
+    bad = n->schema;
+    if ((why = outbox_pg_name_problem(bad)) == NULL)
+        why = outbox_pg_name_problem(bad = n->table);
+    if (why != NULL) {
         char shown[96];
-        const char *bad = outbox_pg_name_problem(n->schema) != NULL ? n->schema : n->table;
 
         outbox_escape(shown, sizeof(shown), bad, strlen(bad), OUTBOX_ESCAPE_BACKSLASH);
         snprintf(err, errlen, "%s name \"%s\" %s", bad == n->schema ? "schema" : "table", shown,
-                 outbox_pg_name_problem(bad));
+                 why);
         return OUTBOX_ERR_CONFIG;
     }
     n->qschema = outbox_pg_quote_ident(n->schema);
@@ -251,6 +255,7 @@ outbox_pg_connect_as(PGconn **out, const char *conninfo, const char *application
                          NULL, "UTF8", NULL};
     PQconninfoOption *opts;
     char *perr = NULL;
+    const char *encoding;
     PGconn *c;
 
     *out = NULL;
@@ -283,16 +288,13 @@ outbox_pg_connect_as(PGconn **out, const char *conninfo, const char *application
     /* Topics, keys and headers are UTF-8 text, as NATS wants them. A
      * SQL_ASCII database stores any bytes; a row that is not UTF-8 would
      * then fail every claim that reads it, stalling the relay. */
-    if (PQparameterStatus(c, "server_encoding") == NULL ||
-        strcmp(PQparameterStatus(c, "server_encoding"), "UTF8") != 0) {
+    if ((encoding = PQparameterStatus(c, "server_encoding")) == NULL ||
+        strcmp(encoding, "UTF8") != 0) {
         snprintf(err, errlen,
                  "database \"%s\" has encoding %s; outbox needs UTF8 (topics, keys and headers "
                  "are UTF-8 text, as NATS subjects and headers are): create it with "
                  "ENCODING 'UTF8'",
-                 PQdb(c),
-                 PQparameterStatus(c, "server_encoding") != NULL
-                     ? PQparameterStatus(c, "server_encoding")
-                     : "(unknown)");
+                 PQdb(c), encoding != NULL ? encoding : "(unknown)");
         PQfinish(c);
         return OUTBOX_ERR_SCHEMA;
     }
