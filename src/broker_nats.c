@@ -526,9 +526,9 @@ stream_captures(nats_broker_t *nb, const char *subject, char *name, size_t len, 
  * no leader (deferred, uncharged); if JetStream does not answer at all, it
  * is an outage (not sent). Records that got no PubAck at all are asked
  * about too: with no stream, something else took them (a plain
- * subscriber), the record's problem, charged; else as set after the wait. Returns true for the
- * outage. Asks about PROBE_MAX subjects at most; records of further subjects are deferred and asked
- * about next time.
+ * subscriber), the record's problem, charged; else as set after the wait.
+ * Returns true for the outage. Asks about PROBE_MAX subjects at most;
+ * records of further subjects are deferred and asked about next time.
  */
 static bool
 probe_streams(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_pub_result_t *res,
@@ -541,9 +541,8 @@ probe_streams(nats_broker_t *nb, const outbox_record_t *recs, size_t n, outbox_p
 
     for (i = 0; i < n; i++) {
         const char *subj = nb->dead_subject != NULL ? nb->dead_subject : recs[i].msg.topic;
-        int v = 1;
-
         bool no_ack = nb->state[i] == REC_NO_ACK;
+        int v = 1;
 
         if (nb->state[i] != REC_NO_RESPONDERS && !no_ack)
             continue;
